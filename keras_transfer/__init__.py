@@ -1,0 +1,45 @@
+"""keras-transfer: transfer learning as a drop-in part of Keras 3 `model.fit`."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from keras_transfer.backbones import (
+    Backbone,
+    BackboneSpec,
+    ImagePreprocessing,
+    WeightsUnavailableError,
+    find_output_layer,
+    list_backbones,
+    pop_top,
+    resolve,
+)
+from keras_transfer.freezing import (
+    LayerGroup,
+    StrategyDecision,
+    choose_strategy,
+    layer_groups,
+)
+from keras_transfer.heads import build_head
+from keras_transfer.model import TransferModel
+
+try:
+    __version__ = version("keras-transfer")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Backbone",
+    "BackboneSpec",
+    "ImagePreprocessing",
+    "LayerGroup",
+    "StrategyDecision",
+    "TransferModel",
+    "WeightsUnavailableError",
+    "build_head",
+    "choose_strategy",
+    "find_output_layer",
+    "layer_groups",
+    "list_backbones",
+    "pop_top",
+    "resolve",
+    "__version__",
+]

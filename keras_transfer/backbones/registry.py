@@ -1,0 +1,202 @@
+"""The one place where a user's backbone choice becomes a feature extractor."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Callable
+
+import keras
+
+from keras_transfer.backbones.backbone import Backbone
+from keras_transfer.backbones.preprocessing import PREPROCESSING_MODES
+from keras_transfer.backbones.surgery import pop_top
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one named backbone.
+
+    Attributes:
+        name: snake_case name users type (`"mobilenet_v3_small"`).
+        build: callable `(input_shape, weights) -> keras.Model`, the network
+            without its classifier and without pooling.
+        native_size: input size the pretrained weights were trained at.
+        preprocessing: `ImagePreprocessing` mode turning 0-255 RGB into what
+            the network expects (`"none"` when the network has its own).
+        block_pattern: regular expression whose first group, searched in
+            layer names, identifies a block; None splits by depth.
+        aliases: other accepted names (the Keras constructor name).
+        description: one line for listings.
+    """
+
+    name: str
+    build: Callable[[tuple[int, int, int], object], keras.Model]
+    native_size: int
+    preprocessing: str
+    block_pattern: str | None = None
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+_LOOKUP: dict[str, str] = {}
+
+
+def register(spec: BackboneSpec, *, overwrite: bool = False) -> BackboneSpec:
+    """Adds a backbone to the registry so every entry point accepts its name."""
+    if spec.preprocessing not in PREPROCESSING_MODES:
+        raise ValueError(
+            f"Expected `preprocessing` to be one of {PREPROCESSING_MODES}. "
+            f"Received: preprocessing={spec.preprocessing!r} for {spec.name!r}"
+        )
+    if spec.name in _REGISTRY and not overwrite:
+        raise ValueError(
+            f"A backbone named {spec.name!r} is already registered; pass "
+            "overwrite=True to replace it."
+        )
+    _REGISTRY[spec.name] = spec
+    for key in (spec.name, *spec.aliases):
+        _LOOKUP[key] = spec.name
+        _LOOKUP[key.lower()] = spec.name
+    return spec
+
+
+def _ensure_builtins() -> None:
+    if not _REGISTRY:
+        from keras_transfer.backbones import applications
+
+        for spec in applications.application_specs():
+            register(spec)
+
+
+def list_backbones() -> list[str]:
+    """Returns the names of all registered backbones, sorted."""
+    _ensure_builtins()
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """Looks up a backbone by snake_case or Keras constructor name.
+
+    Raises:
+        ValueError: for an unknown name, listing the closest valid names.
+    """
+    _ensure_builtins()
+    key = name.strip()
+    found = _LOOKUP.get(key) or _LOOKUP.get(key.lower())
+    if found is None:
+        close = difflib.get_close_matches(key.lower(), list(_LOOKUP), n=3)
+        close = list(dict.fromkeys(_LOOKUP[c] for c in close))
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(
+            f"Unknown backbone {name!r}.{hint} `keras_transfer.list_backbones()` "
+            "lists every name; a keras.Model, a `.keras`/`.h5` file path or "
+            "'hub:<handle>' are accepted too."
+        )
+    return _REGISTRY[found]
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.endswith((".keras", ".h5")) or os.sep in text or os.path.exists(text)
+
+
+def _load_model_file(path: str) -> keras.Model:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Backbone model file not found. Received: backbone={path!r}. "
+            "Pass an existing `.keras` or `.h5` model file, a keras.Model or a "
+            "backbone name (see `keras_transfer.list_backbones()`)."
+        )
+    return keras.saving.load_model(path, compile=False)
+
+
+def _clone(model: keras.Model) -> keras.Model:
+    """A private copy, so training never changes the user's own model object."""
+    try:
+        copy = keras.models.clone_model(model)
+    except Exception as error:  # clone_model raises several types
+        raise ValueError(
+            f"Could not copy model {model.name!r} ({type(model).__name__}) to use "
+            f"it as a backbone: {error}. Subclassed models cannot be cut; pass a "
+            "Functional or Sequential model."
+        ) from error
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def resolve(
+    backbone: str | keras.Model | Backbone,
+    *,
+    weights: str | None = "imagenet",
+    input_shape: tuple[int, int, int] | None = None,
+    cut_at: str | int | None = None,
+    preprocessing: str | None = None,
+    batchnorm: str = "frozen",
+) -> Backbone:
+    """Turns a backbone choice into a `Backbone` layer that takes 0-255 images.
+
+    Args:
+        backbone: str, keras.Model or Backbone. A registered name
+            (`"mobilenet_v3_small"`, or the constructor name `"MobileNetV3Small"`),
+            a path to a `.keras`/`.h5` model file, or a model the user already has,
+            with or without its classifier (the classifier is cut off, see
+            `cut_at`). A `Backbone` is returned as is.
+        weights: str or None. For named backbones: `"imagenet"` (downloaded by
+            Keras, cached under `$KERAS_HOME/models`), None (random
+            initialisation) or the path of a local weights file of the network
+            without its top. Ignored for models and files, which carry their
+            own weights.
+        input_shape: tuple. `(height, width, channels)` of what the feature
+            extractor receives; defaults to the backbone's native size.
+        cut_at: str, int or None. For models and files: the layer whose output
+            becomes the features; None finds the classifier and cuts below it;
+            `-1` uses the model output as is.
+        preprocessing: str or None. Input normalisation (`"caffe"`, `"tf"`,
+            `"torch"`, `"none"`); None uses the registry's for named backbones and
+            `"none"` for user models.
+        batchnorm: str. `"frozen"` or `"trainable"`, see `Backbone`.
+
+    Returns:
+        A `Backbone` layer.
+    """
+    if isinstance(backbone, Backbone):
+        return backbone
+    if isinstance(backbone, str) and not _looks_like_path(backbone):
+        if backbone.startswith("hub:"):
+            raise NotImplementedError(
+                "TF-Hub backbones ('hub:<handle>') are not available yet. "
+                f"Received: backbone={backbone!r}"
+            )
+        spec = get_spec(backbone)
+        if input_shape is None:
+            input_shape = (spec.native_size, spec.native_size, 3)
+        model = spec.build(tuple(input_shape), weights)
+        return Backbone(
+            model,
+            preprocessing=preprocessing or spec.preprocessing,
+            block_pattern=spec.block_pattern,
+            native_size=spec.native_size,
+            spec_name=spec.name,
+            batchnorm=batchnorm,
+            name="backbone",
+        )
+    if isinstance(backbone, (str, os.PathLike)):
+        model = _load_model_file(os.fspath(backbone))
+    elif isinstance(backbone, keras.Model):
+        model = _clone(backbone)
+    else:
+        raise TypeError(
+            "Expected `backbone` to be a backbone name, a keras.Model or a model "
+            f"file path. Received: backbone={backbone!r} of type "
+            f"{type(backbone).__name__}"
+        )
+    if cut_at != -1:
+        model = pop_top(model, cut_at=cut_at)
+    return Backbone(
+        model,
+        preprocessing=preprocessing or "none",
+        batchnorm=batchnorm,
+        name="backbone",
+    )

@@ -1,0 +1,382 @@
+"""`TransferModel`: a pretrained backbone with a new head, as a `keras.Model`."""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+
+from keras_transfer.backbones.backbone import BATCHNORM_POLICIES
+from keras_transfer.backbones.registry import resolve
+from keras_transfer.freezing import (
+    StrategyDecision,
+    layer_groups,
+    set_trainable_groups,
+)
+from keras_transfer.heads import TASKS, build_head, validate_head
+
+logger = logging.getLogger("keras_transfer")
+
+HEAD_LEARNING_RATE = 1e-3
+FINE_TUNE_LEARNING_RATE = 1e-4
+
+
+def _validate_input_shape(input_shape):
+    if input_shape is None:
+        return None
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+    if (
+        shape is None
+        or len(shape) != 3
+        or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+        or min(shape) < 1
+    ):
+        raise ValueError(
+            "Expected `input_shape` to be (height, width, channels) with positive "
+            f"ints, e.g. (224, 224, 3) or (128, 128, 1). Received: "
+            f"input_shape={input_shape!r}"
+        )
+    return shape
+
+
+def _weighted_layer_paths(layer, prefix=""):
+    """Yields (path, leaf layer with weights) for every layer inside `layer`."""
+    children = getattr(layer, "layers", None) or layer._layers
+    for child in children:
+        path = f"{prefix}{child.name}"
+        grandchildren = getattr(child, "layers", None) or child._layers
+        if grandchildren:
+            yield from _weighted_layer_paths(child, prefix=f"{path}/")
+        elif child.weights:
+            yield path, child
+
+
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class TransferModel(keras.Model):
+    """A pretrained backbone, its top popped, with a new head: a `keras.Model`.
+
+    Built functionally: raw images in `[0, 255]` -> (grayscale to RGB) ->
+    (resizing) -> `Backbone` (its preprocessing, then the pretrained network
+    without its classifier) -> pooling -> hidden Dense layers -> a new, randomly
+    initialised output layer. The backbone starts frozen, so a first `fit`
+    trains the head only; `unfreeze()` opens it for fine-tuning.
+
+    BatchNorm layers of the backbone stay in inference mode (pretrained moving
+    statistics, never updated) unless `batchnorm="trainable"`: see `Backbone`.
+
+    `freeze_backbone()` and `unfreeze()` recompile a compiled model with the
+    arguments of its last `compile()` (a fresh optimizer), because Keras builds
+    its train step and optimizer for one set of trainable weights.
+
+    Args:
+        backbone: str, keras.Model or Backbone. A registered name (see
+            `keras_transfer.list_backbones()`), a `.keras`/`.h5` file, or a model
+            you already have, with or without its classifier (it is cut off).
+        num_classes: int. Output units: classes, or targets for regression.
+        input_shape: tuple or None. `(height, width, channels)` of the images
+            you feed; channels 1 (grayscale, repeated to RGB inside the model) or
+            3. Defaults to the backbone's native size. Stored as `image_shape`.
+        weights: str or None. `"imagenet"`, None, or a local weights file; for
+            named backbones only. Stored as `backbone_weights`.
+        task: str. `"multiclass"` (softmax), `"binary"` (one sigmoid unit),
+            `"multilabel"` (sigmoid per class) or `"regression"` (linear).
+        pooling: str or None. `"avg"`, `"max"` or `"flatten"` for spatial
+            features; unused when the backbone output is already a vector.
+        hidden_units: tuple of int. Hidden Dense layers of the head.
+        hidden_activation: str. Their activation.
+        dropout: float. Dropout before each Dense layer of the head.
+        resize: bool. Resize inputs to the backbone's native size inside the
+            model (for named backbones) or to a model backbone's input size.
+        preprocessing: str or None. Override the backbone's input normalisation
+            (`"caffe"`, `"tf"`, `"torch"`, `"none"`); None uses the registry's,
+            or `"none"` for your own model.
+        batchnorm: str. `"frozen"` (default) or `"trainable"`.
+        cut_at: str, int or None. Where to cut a model backbone (see
+            `keras_transfer.backbones.pop_top`).
+        seed: int or None. Seeds the head's initialisers and dropout.
+
+    Example:
+
+    >>> model = TransferModel("mobilenet_v3_small", num_classes=3,
+    ...                       input_shape=(32, 32, 3), weights=None)
+    >>> model.compile()
+    >>> model.fit(np.zeros((4, 32, 32, 3)), np.array([0, 1, 2, 0]), verbose=0)
+    >>> model.unfreeze(top_groups=1)
+    """
+
+    def __init__(
+        self,
+        backbone,
+        num_classes,
+        *,
+        input_shape=None,
+        weights="imagenet",
+        task="multiclass",
+        pooling="avg",
+        hidden_units=(),
+        hidden_activation="relu",
+        dropout=0.2,
+        resize=False,
+        preprocessing=None,
+        batchnorm="frozen",
+        cut_at=None,
+        seed=None,
+        **kwargs,
+    ):
+        hidden = validate_head(
+            num_classes=num_classes,
+            task=task,
+            pooling=pooling,
+            hidden_units=hidden_units,
+            dropout=dropout,
+        )
+        image_shape = _validate_input_shape(input_shape)
+        if batchnorm not in BATCHNORM_POLICIES:
+            raise ValueError(
+                f"Expected `batchnorm` to be one of {BATCHNORM_POLICIES}. "
+                f"Received: batchnorm={batchnorm!r}"
+            )
+
+        # === Layers ===
+        backbone_input = None
+        if isinstance(backbone, str) and image_shape is not None and not resize:
+            backbone_input = (image_shape[0], image_shape[1], 3)
+        backbone_layer = resolve(
+            backbone,
+            weights=weights,
+            input_shape=backbone_input,
+            cut_at=cut_at,
+            preprocessing=preprocessing,
+            batchnorm=batchnorm,
+        )
+        backbone_layer.batchnorm = batchnorm
+        model_shape = tuple(backbone_layer.model.inputs[0].shape[1:])
+        if image_shape is None:
+            if None in model_shape:
+                raise ValueError(
+                    f"The backbone accepts any image size {model_shape}; pass "
+                    "`input_shape=(height, width, channels)`."
+                )
+            image_shape = model_shape
+        channels = model_shape[-1]
+        if image_shape[-1] != channels and not (image_shape[-1] == 1 and channels == 3):
+            raise ValueError(
+                f"The backbone takes {channels}-channel images; `input_shape` must "
+                f"have {channels} channels"
+                + (" or 1 (grayscale, repeated to RGB)" if channels == 3 else "")
+                + f". Received: input_shape={image_shape}"
+            )
+        if resize and None in model_shape[:2]:
+            size = backbone_layer.native_size
+            if size is None:
+                raise ValueError(
+                    "resize=True needs a target size, but the backbone accepts any "
+                    "size and has no native size; pass resize=False."
+                )
+            target = (size, size)
+        else:
+            target = model_shape[:2]
+        if not resize and None not in target and tuple(image_shape[:2]) != target:
+            raise ValueError(
+                f"The backbone takes {target[0]}x{target[1]} images but "
+                f"input_shape={image_shape}; pass resize=True to resize inside the "
+                "model, or a matching input_shape."
+            )
+        self.backbone = backbone_layer
+
+        # === Functional Model ===
+        inputs = keras.Input(shape=image_shape, name="images")
+        x = inputs
+        if image_shape[-1] == 1 and channels == 3:
+            x = keras.layers.Concatenate(name="grayscale_to_rgb")([x, x, x])
+        if resize and tuple(image_shape[:2]) != tuple(target):
+            x = keras.layers.Resizing(*target, name="resize")(x)
+        features = self.backbone(x)
+        outputs = build_head(
+            features,
+            num_classes=num_classes,
+            task=task,
+            pooling=pooling,
+            hidden_units=hidden,
+            hidden_activation=hidden_activation,
+            dropout=dropout,
+            seed=seed,
+        )
+        kwargs.setdefault("name", "transfer_model")
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+        # === Config ===
+        self.num_classes = num_classes
+        self.image_shape = tuple(image_shape)
+        self.backbone_weights = weights if weights is None else str(weights)
+        self.task = task
+        self.pooling = pooling
+        self.hidden_units = hidden
+        self.hidden_activation = hidden_activation
+        self.dropout = dropout
+        self.resize = resize
+        self.preprocessing = preprocessing
+        self.batchnorm = batchnorm
+        self.cut_at = cut_at
+        self.seed = seed
+        self._compile_request = None
+        self._layer_groups = None
+        self.backbone.trainable = False
+
+    # --- Freezing -------------------------------------------------------------
+
+    @property
+    def layer_groups(self):
+        """The backbone's layer groups, bottom to top (see `layer_groups`)."""
+        if self._layer_groups is None:
+            self._layer_groups = layer_groups(
+                self.backbone.model, self.backbone.block_pattern
+            )
+        return self._layer_groups
+
+    def freeze_backbone(self) -> None:
+        """Freezes every backbone weight: only the head trains."""
+        self.backbone.trainable = False
+        self._trainable_changed()
+
+    def unfreeze(self, top_groups: int | None = None) -> None:
+        """Makes the backbone trainable: all of it, or its top `top_groups` groups.
+
+        Args:
+            top_groups: int or None. None unfreezes everything; n unfreezes the
+                top n of `layer_groups` and freezes the rest; 0 freezes all.
+        """
+        groups = self.layer_groups
+        set_trainable_groups(
+            self.backbone, groups, len(groups) if top_groups is None else top_groups
+        )
+        self._trainable_changed()
+
+    def apply_strategy(self, decision: StrategyDecision | str) -> None:
+        """Freezes or unfreezes the backbone as `choose_strategy` decided."""
+        strategy = getattr(decision, "strategy", decision)
+        if strategy == "head_only":
+            self.freeze_backbone()
+        elif strategy == "fine_tune":
+            self.unfreeze()
+        else:
+            raise ValueError(
+                "Expected a StrategyDecision or 'head_only' / 'fine_tune'. "
+                f"Received: {decision!r}"
+            )
+        logger.info("Applied strategy %s", decision)
+
+    def _backbone_is_trainable(self) -> bool:
+        return bool(self.backbone.trainable_weights)
+
+    def _trainable_changed(self) -> None:
+        if self.compiled and self._compile_request is not None:
+            self.compile(**self._compile_request)
+            logger.info("Recompiled after a change of trainable layers")
+
+    # --- Training defaults ----------------------------------------------------
+
+    def compile(
+        self,
+        optimizer="auto",
+        loss="auto",
+        metrics="auto",
+        *,
+        learning_rate: float | None = None,
+        **kwargs,
+    ):
+        """Like `keras.Model.compile`, with defaults that fit the head.
+
+        Args:
+            optimizer: `"auto"` (Adam), an optimizer name or instance.
+            loss: `"auto"` picks the loss of `task`: sparse categorical
+                crossentropy (integer labels; pass `"categorical_crossentropy"`
+                for one-hot labels), binary crossentropy, or mean squared error.
+            metrics: `"auto"` picks accuracy (or mean absolute error).
+            learning_rate: float or None. For `"auto"` or named optimizers;
+                None uses 1e-3 while the backbone is frozen and 1e-4 once any
+                backbone weight trains.
+            **kwargs: passed to `keras.Model.compile`.
+        """
+        self._compile_request = dict(
+            optimizer=optimizer,
+            loss=loss,
+            metrics=metrics,
+            learning_rate=learning_rate,
+            **kwargs,
+        )
+        if isinstance(optimizer, str):
+            rate = learning_rate
+            if rate is None:
+                rate = (
+                    FINE_TUNE_LEARNING_RATE
+                    if self._backbone_is_trainable()
+                    else HEAD_LEARNING_RATE
+                )
+            name = "adam" if optimizer == "auto" else optimizer
+            optimizer = keras.optimizers.get(
+                {"class_name": name, "config": {"learning_rate": rate}}
+            )
+        elif learning_rate is not None:
+            raise ValueError(
+                "`learning_rate` applies to 'auto' or named optimizers; set it on "
+                f"the optimizer instead. Received: optimizer={optimizer!r}, "
+                f"learning_rate={learning_rate}"
+            )
+        elif getattr(optimizer, "built", False):
+            # An optimizer already built for other variables cannot be reused.
+            optimizer = optimizer.__class__.from_config(optimizer.get_config())
+        default_loss, default_metrics = TASKS[self.task][1:]
+        super().compile(
+            optimizer=optimizer,
+            loss=default_loss if loss == "auto" else loss,
+            metrics=list(default_metrics) if metrics == "auto" else metrics,
+            **kwargs,
+        )
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    # --- Config ---------------------------------------------------------------
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "num_classes": self.num_classes,
+            "input_shape": list(self.image_shape),
+            "weights": self.backbone_weights,
+            "task": self.task,
+            "pooling": self.pooling,
+            "hidden_units": list(self.hidden_units),
+            "hidden_activation": self.hidden_activation,
+            "dropout": self.dropout,
+            "resize": self.resize,
+            "preprocessing": self.preprocessing,
+            "batchnorm": self.batchnorm,
+            "cut_at": self.cut_at,
+            "seed": self.seed,
+            "frozen_layers": [
+                path
+                for path, layer in _weighted_layer_paths(self)
+                if not layer.trainable
+            ],
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        frozen = set(config.pop("frozen_layers", []))
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        config["input_shape"] = tuple(config["input_shape"])
+        model = cls(**config)
+        model.backbone.trainable = True
+        for path, layer in _weighted_layer_paths(model):
+            layer.trainable = path not in frozen
+        if not model.backbone.trainable_weights:
+            model.backbone.trainable = False
+        return model
