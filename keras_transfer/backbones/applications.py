@@ -171,9 +171,11 @@ def build_application(
             try:
                 return build(weights="imagenet", **kwargs)
             except Exception as error:  # Keras raises a bare Exception
-                if "URL fetch failure" in str(error) or "urlopen" in str(error):
-                    raise _download_error(constructor, error, cache) from error
-                raise
+                if "URL fetch failure" not in str(error):
+                    raise
+                failure = error
+        # Outside the `with`: the cached files are back in place by now.
+        raise _download_error(constructor, failure, cache) from failure
     if not isinstance(weights, (str, os.PathLike)):
         raise TypeError(
             "Expected `weights` to be 'imagenet', None or a file path. "
