@@ -88,7 +88,7 @@ def layer_groups(
         bounds = np.linspace(0, len(layers), count + 1).round().astype(int)
         groups = [
             (f"depth {i + 1}/{count}", layers[start:end])
-            for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:]))
+            for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
         ]
     return [LayerGroup(name, tuple(members)) for name, members in groups]
 

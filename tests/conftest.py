@@ -59,4 +59,7 @@ def weights_of(layer):
 
 
 def changed(before, layer):
-    return [not np.array_equal(a, w.numpy()) for a, w in zip(before, layer.weights)]
+    return [
+        not np.array_equal(a, w.numpy())
+        for a, w in zip(before, layer.weights, strict=True)
+    ]

@@ -15,7 +15,10 @@ def build(backbone=None, **kwargs):
 
 def batchnorm_stats(model):
     return {
-        layer.name: (layer.moving_mean.numpy().copy(), layer.moving_variance.numpy().copy())
+        layer.name: (
+            layer.moving_mean.numpy().copy(),
+            layer.moving_variance.numpy().copy(),
+        )
         for layer in kt.freezing.weighted_layers(model.backbone)
         if isinstance(layer, keras.layers.BatchNormalization)
     }
@@ -35,9 +38,7 @@ def test_top_is_replaced_by_fresh_output_layer(classifier):
     assert out.units == 4
     assert out.kernel.shape == (8, 4)
     np.testing.assert_array_equal(out.bias.numpy(), np.zeros(4))
-    assert not any(
-        layer.name == "predictions" for layer in model.backbone.model.layers
-    )
+    assert not any(layer.name == "predictions" for layer in model.backbone.model.layers)
     # Seeded: same seed, same initial head; another seed, another head.
     same = build(make_classifier(), num_classes=4, seed=0).get_layer("predictions")
     other = build(make_classifier(), num_classes=4, seed=1).get_layer("predictions")
@@ -108,7 +109,8 @@ def test_unfreeze_top_group_changes_only_top_group(images, labels):
     model.fit(images, labels, epochs=1, batch_size=8, verbose=0)
     for index, (group, before) in enumerate(zip(groups, befores, strict=True)):
         moved = any(
-            any(changed(b, layer)) for b, layer in zip(before, group.layers, strict=True)
+            any(changed(b, layer))
+            for b, layer in zip(before, group.layers, strict=True)
         )
         assert moved == (index == len(groups) - 1), group
 
@@ -178,7 +180,9 @@ def test_named_backbone_round_trip(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3))
-    np.testing.assert_allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), loaded.predict(x, verbose=0)
+    )
 
 
 def test_grayscale_input_with_rgb_backbone():

@@ -5,7 +5,6 @@ import keras
 import numpy as np
 import pytest
 from conftest import SIZE, make_classifier
-
 from keras.src.backend import config as keras_config
 
 from keras_transfer.backbones import (
@@ -142,6 +141,8 @@ def test_backbone_layer_round_trip(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     x = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3))
-    np.testing.assert_allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), loaded.predict(x, verbose=0)
+    )
     assert isinstance(loaded.layers[1], Backbone)
     assert loaded.layers[1].preprocessing == "tf"
