@@ -12,6 +12,7 @@ from keras_transfer.backbones import (
     pop_top,
     resolve,
 )
+from keras_transfer.backbones.zoo import UnsafeCheckpointError, load_torch_checkpoint
 from keras_transfer.freezing import (
     LayerGroup,
     StrategyDecision,
@@ -33,12 +34,14 @@ __all__ = [
     "LayerGroup",
     "StrategyDecision",
     "TransferModel",
+    "UnsafeCheckpointError",
     "WeightsUnavailableError",
     "build_head",
     "choose_strategy",
     "find_output_layer",
     "layer_groups",
     "list_backbones",
+    "load_torch_checkpoint",
     "pop_top",
     "resolve",
     "__version__",
