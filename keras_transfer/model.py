@@ -7,6 +7,7 @@ import logging
 import keras
 
 from keras_transfer.backbones.backbone import BATCHNORM_POLICIES
+from keras_transfer.backbones.preprocessing import PREPROCESSING_MODES
 from keras_transfer.backbones.registry import resolve
 from keras_transfer.freezing import (
     StrategyDecision,
@@ -136,6 +137,22 @@ class TransferModel(keras.Model):
                 f"Expected `batchnorm` to be one of {BATCHNORM_POLICIES}. "
                 f"Received: batchnorm={batchnorm!r}"
             )
+        if preprocessing is not None and preprocessing not in PREPROCESSING_MODES:
+            raise ValueError(
+                f"Expected `preprocessing` to be one of {PREPROCESSING_MODES} or "
+                f"None. Received: preprocessing={preprocessing!r}"
+            )
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(
+                f"Expected `seed` to be an int or None. Received: seed={seed!r}"
+            )
+        try:
+            keras.activations.get(hidden_activation)
+        except ValueError as error:
+            raise ValueError(
+                "Expected `hidden_activation` to name a Keras activation. "
+                f"Received: hidden_activation={hidden_activation!r}"
+            ) from error
 
         # === Layers ===
         backbone_input = None
@@ -149,7 +166,6 @@ class TransferModel(keras.Model):
             preprocessing=preprocessing,
             batchnorm=batchnorm,
         )
-        backbone_layer.batchnorm = batchnorm
         model_shape = tuple(backbone_layer.model.inputs[0].shape[1:])
         if image_shape is None:
             if None in model_shape:
@@ -182,6 +198,7 @@ class TransferModel(keras.Model):
                 f"input_shape={image_shape}; pass resize=True to resize inside the "
                 "model, or a matching input_shape."
             )
+        backbone_layer.batchnorm = batchnorm
         self.backbone = backbone_layer
 
         # === Functional Model ===
@@ -298,7 +315,7 @@ class TransferModel(keras.Model):
                 backbone weight trains.
             **kwargs: passed to `keras.Model.compile`.
         """
-        self._compile_request = dict(
+        request = dict(
             optimizer=optimizer,
             loss=loss,
             metrics=metrics,
@@ -333,10 +350,17 @@ class TransferModel(keras.Model):
             metrics=list(default_metrics) if metrics == "auto" else metrics,
             **kwargs,
         )
+        self._compile_request = request
+
+    def get_compile_config(self):
+        if not self.compiled or self._compile_request is None:
+            return {}
+        # The request, not its result: "auto" choices are made again after loading.
+        return {"request": keras.saving.serialize_keras_object(self._compile_request)}
 
     def compile_from_config(self, config):
         config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
+        self.compile(**config.get("request", config))
         if self.built:
             self.optimizer.build(self.trainable_variables)
 

@@ -242,6 +242,9 @@ def test_tasks(task, num_classes, activation, loss, images):
         ({"dropout": 1.5}, ValueError, "dropout=1.5"),
         ({"hidden_units": (8, 0)}, ValueError, "hidden_units"),
         ({"batchnorm": "train"}, ValueError, "batchnorm='train'"),
+        ({"preprocessing": "bgr"}, ValueError, "preprocessing='bgr'"),
+        ({"hidden_activation": "relux"}, ValueError, "hidden_activation='relux'"),
+        ({"seed": 1.5}, TypeError, "seed=1.5"),
     ],
 )
 def test_bad_input(kwargs, error, match):
@@ -317,3 +320,36 @@ def test_apply_strategy():
     assert not model.backbone.trainable_weights
     with pytest.raises(ValueError, match="'gradual'"):
         model.apply_strategy("gradual")
+
+
+def test_rejected_compile_keeps_the_previous_one():
+    model = build()
+    model.compile()
+    with pytest.raises(ValueError, match="learning_rate=0.1"):
+        model.compile(optimizer=keras.optimizers.SGD(), learning_rate=0.1)
+    model.unfreeze()  # recompiles with the last accepted compile() arguments
+    assert model.optimizer.learning_rate.numpy() == pytest.approx(1e-4)
+
+
+def test_auto_learning_rate_survives_save_load(tmp_path, images, labels):
+    model = build()
+    model.compile()
+    model.unfreeze(top_groups=1)
+    model.fit(images, labels, epochs=1, verbose=0)
+    path = str(tmp_path / "auto.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.optimizer.learning_rate.numpy() == pytest.approx(1e-4)
+    loaded.freeze_backbone()
+    assert loaded.optimizer.learning_rate.numpy() == pytest.approx(1e-3)
+
+
+def test_cut_at_with_a_named_backbone_is_refused():
+    with pytest.raises(ValueError, match="cut_at='conv_1'"):
+        kt.TransferModel(
+            "mobilenet_v3_small",
+            2,
+            input_shape=(32, 32, 3),
+            weights=None,
+            cut_at="conv_1",
+        )

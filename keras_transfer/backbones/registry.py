@@ -99,7 +99,7 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 def _looks_like_path(text: str) -> bool:
-    return text.endswith((".keras", ".h5")) or os.sep in text or os.path.exists(text)
+    return text.endswith((".keras", ".h5")) or os.path.isfile(text)
 
 
 def _load_model_file(path: str) -> keras.Model:
@@ -163,13 +163,19 @@ def resolve(
     """
     if isinstance(backbone, Backbone):
         return backbone
+    if isinstance(backbone, str) and backbone.startswith("hub:"):
+        raise NotImplementedError(
+            "TF-Hub backbones ('hub:<handle>') are not available yet. "
+            f"Received: backbone={backbone!r}"
+        )
     if isinstance(backbone, str) and not _looks_like_path(backbone):
-        if backbone.startswith("hub:"):
-            raise NotImplementedError(
-                "TF-Hub backbones ('hub:<handle>') are not available yet. "
-                f"Received: backbone={backbone!r}"
-            )
         spec = get_spec(backbone)
+        if cut_at is not None:
+            raise ValueError(
+                f"`cut_at` applies to models and model files; named backbone "
+                f"{spec.name!r} is already built without its top. "
+                f"Received: cut_at={cut_at!r}"
+            )
         if input_shape is None:
             input_shape = (spec.native_size, spec.native_size, 3)
         model = spec.build(tuple(input_shape), weights)
@@ -192,8 +198,7 @@ def resolve(
             f"file path. Received: backbone={backbone!r} of type "
             f"{type(backbone).__name__}"
         )
-    if cut_at != -1:
-        model = pop_top(model, cut_at=cut_at)
+    model = pop_top(model, cut_at=cut_at)
     return Backbone(
         model,
         preprocessing=preprocessing or "none",

@@ -144,7 +144,9 @@ def pop_top(model: keras.Model, cut_at: str | int | None = None) -> keras.Model:
     Args:
         model: keras.Model. A Functional or Sequential model.
         cut_at: str, int or None. The layer whose output becomes the features,
-            by name or by index in `model.layers`; `-1` keeps the whole model.
+            by name or by index in `model.layers` (index 0 is the `InputLayer`
+            of a Functional model but the first layer of a Sequential one);
+            `-1` keeps the whole model, as is.
             None (default) finds the output layer automatically and cuts just
             before it, also dropping any dropout of the old top.
 
@@ -167,6 +169,13 @@ def pop_top(model: keras.Model, cut_at: str | int | None = None) -> keras.Model:
         while isinstance(layer, _DROPOUT_TYPES):
             features = node.input_tensors[0]
             layer, node = _producer(features)
+    elif cut_at == -1:
+        if len(model.outputs) != 1:
+            raise ValueError(
+                f"cut_at=-1 keeps the model output, but model {model.name!r} has "
+                f"{len(model.outputs)} outputs; name the feature layer instead."
+            )
+        return model
     else:
         layer = _layer_by_cut_at(model, cut_at)
         if layer is model.layers[-1] and len(model.outputs) == 1:

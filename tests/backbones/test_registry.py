@@ -95,6 +95,8 @@ def test_user_model_is_copied_not_shared(classifier):
 def test_bad_backbone_type():
     with pytest.raises(TypeError, match="backbone=42"):
         resolve(42)
+    with pytest.raises(NotImplementedError, match="hub:google/x"):
+        resolve("hub:google/x")
 
 
 @pytest.fixture

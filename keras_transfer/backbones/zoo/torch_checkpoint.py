@@ -49,14 +49,52 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
 class _Storage:
     """A storage placeholder: its dtype and key, filled with data after loading."""
 
+    __slots__ = ("dtype", "key", "array")
+
     def __init__(self, dtype, key):
         self.dtype = dtype
         self.key = key
         self.array = None
 
+    def __setstate__(self, state):
+        raise UnsafeCheckpointError("A checkpoint may not set storage attributes.")
+
+
+def _corrupt(message):
+    return ValueError(f"Corrupt checkpoint: {message}")
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
 
 def _rebuild_tensor(storage, offset, size, stride, *_):
-    return ("tensor", storage, offset, tuple(size), tuple(stride))
+    if not isinstance(storage, _Storage):
+        raise _corrupt(f"a tensor is built on {type(storage).__name__}, not a storage")
+    size, stride = tuple(size), tuple(stride)
+    if not (
+        _is_int(offset)
+        and offset >= 0
+        and len(size) == len(stride)
+        and all(_is_int(n) and n >= 0 for n in size)
+        and all(_is_int(s) and s >= 0 for s in stride)
+    ):
+        raise _corrupt(
+            f"bad tensor layout offset={offset!r} size={size} stride={stride}"
+        )
+    return _TensorRef(storage, offset, size, stride)
+
+
+class _TensorRef:
+    __slots__ = ("storage", "offset", "size", "stride")
+
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = (
+            storage,
+            offset,
+            size,
+            stride,
+        )
 
 
 def _rebuild_parameter(data, *_):
@@ -100,24 +138,30 @@ def _storage_from_pid(pid, storages):
     # zip:    (tag, type, key, location, numel)
     storage_type, key = pid[1], str(pid[2])
     if storage_type not in _STORAGE_DTYPES:
-        raise UnsafeCheckpointError(f"Unknown storage type in checkpoint: {pid!r}")
+        raise ValueError(
+            f"Unsupported storage type in checkpoint: {pid!r}. Supported: "
+            f"{sorted(_STORAGE_DTYPES)}."
+        )
     if key not in storages:
         storages[key] = _Storage(np.dtype(_STORAGE_DTYPES[storage_type]), key)
     return storages[key]
 
 
 def _materialise(obj):
-    if isinstance(obj, tuple) and len(obj) == 5 and obj[0] == "tensor":
-        _, storage, offset, size, stride = obj
-        itemsize = storage.dtype.itemsize
+    if isinstance(obj, _TensorRef):
+        storage, offset, size, stride = obj.storage, obj.offset, obj.size, obj.stride
+        if not isinstance(storage.array, np.ndarray):
+            raise _corrupt(f"storage {storage.key!r} has no data")
+        available = len(storage.array)
+        count = int(np.prod(size, dtype=np.int64))
         extent = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
-        available = -1 if storage.array is None else len(storage.array)
-        if min(size, default=1) > 0 and not (0 <= offset and extent < available):
-            raise ValueError(
-                f"A tensor of shape {size} needs {extent + 1} elements of storage "
-                f"{storage.key!r}, which holds {max(available, 0)}: the checkpoint "
-                "is truncated or corrupt."
+        if count and (extent >= available or count > available):
+            raise _corrupt(
+                f"a tensor of shape {size} needs {extent + 1} elements of storage "
+                f"{storage.key!r}, which holds {available}: the file is truncated "
+                "or corrupt."
             )
+        itemsize = storage.dtype.itemsize
         array = np.lib.stride_tricks.as_strided(
             storage.array[offset:],
             shape=size,
@@ -153,6 +197,8 @@ def _load_legacy(file, path):
             f"Unsupported legacy checkpoint protocol {protocol!r} in {path!r}."
         )
     system = load_plain()
+    if not isinstance(system, dict):
+        raise _corrupt(f"unexpected header {system!r} in {path!r}")
     if not system.get("little_endian", True):
         raise ValueError(f"Big-endian checkpoints are not supported: {path!r}")
     storages: dict[str, _Storage] = {}
@@ -161,14 +207,17 @@ def _load_legacy(file, path):
     )
     result = unpickler.load()
     keys = load_plain()
+    end = os.fstat(file.fileno()).st_size
     for key in keys:
-        storage = storages[str(key)]
+        storage = storages.get(str(key))
+        if storage is None:
+            raise _corrupt(f"storage {key!r} of {path!r} is not used by any tensor")
         header = file.read(8)
         count = struct.unpack("<q", header)[0] if len(header) == 8 else -1
-        data = file.read(max(count, 0) * storage.dtype.itemsize)
-        if count < 0 or len(data) != count * storage.dtype.itemsize:
+        nbytes = count * storage.dtype.itemsize
+        if count < 0 or nbytes > end - file.tell():
             raise ValueError(f"Checkpoint {path!r} is truncated.")
-        storage.array = np.frombuffer(data, dtype=storage.dtype)
+        storage.array = np.frombuffer(file.read(nbytes), dtype=storage.dtype)
     return result
 
 
@@ -185,8 +234,16 @@ def _load_zip(archive: zipfile.ZipFile, path):
             path,
             lambda pid: _storage_from_pid(pid, storages),
         ).load()
+    if (
+        f"{prefix}byteorder" in names
+        and archive.read(f"{prefix}byteorder") != b"little"
+    ):
+        raise ValueError(f"Big-endian checkpoints are not supported: {path!r}")
     for key, storage in storages.items():
-        data = archive.read(f"{prefix}data/{key}")
+        try:
+            data = archive.read(f"{prefix}data/{key}")
+        except KeyError:
+            raise _corrupt(f"storage {key!r} is missing from {path!r}") from None
         storage.array = np.frombuffer(data, dtype=storage.dtype.newbyteorder("<"))
     return result
 

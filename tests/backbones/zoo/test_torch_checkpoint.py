@@ -197,5 +197,37 @@ def test_short_storage_is_refused_not_read_past(tmp_path, monkeypatch):
         for name in source.namelist():
             data = source.read(name)
             target.writestr(name, data[:8] if name == "archive/data/0" else data)
-    with pytest.raises(ValueError, match="needs 24 elements of storage '0'"):
+    with pytest.raises(
+        ValueError, match="needs 24 elements of storage .0., which holds 2"
+    ):
         load_torch_checkpoint(short)
+
+
+@pytest.mark.parametrize(
+    "offset,size,stride,match",
+    [
+        (0, (4,), (-100000,), "bad tensor layout"),  # would read before the buffer
+        (0, (1 << 34,), (0,), "needs 1 elements.*holds 24"),  # 64 GiB from 417 bytes
+        (1.5, (2,), (1,), "bad tensor layout"),
+    ],
+)
+def test_crafted_layouts_are_refused(
+    offset, size, stride, match, tmp_path, monkeypatch
+):
+    torch, utils = _fake_torch(monkeypatch)
+    storage = _FakeStorage("0", np.zeros(24, np.float32))
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, _FakeStorage):
+                return ("storage", torch.FloatStorage, obj.key, "cpu", obj.array.size)
+            return None
+
+    body = io.BytesIO()
+    Pickler(body, protocol=2).dump({"w": _Tensor(storage, offset, size, stride, utils)})
+    path = tmp_path / "crafted.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", body.getvalue())
+        archive.writestr("archive/data/0", storage.array.tobytes())
+    with pytest.raises(ValueError, match=match):
+        load_torch_checkpoint(path)
