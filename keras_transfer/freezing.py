@@ -25,18 +25,30 @@ class LayerGroup(NamedTuple):
         return f"LayerGroup({self.name!r}, {len(self.layers)} layers)"
 
 
+def _children(layer) -> list:
+    return getattr(layer, "layers", None) or layer._layers
+
+
+def weighted_layer_paths(layer, prefix: str = ""):
+    """Yields `(path, layer)` for every leaf layer with weights inside `layer`.
+
+    Paths join layer names with "/" (`"backbone/conv1"`); order is topological.
+    A layer whose sub-layers hold no weights counts as a leaf.
+    """
+    for child in _children(layer):
+        path = f"{prefix}{child.name}"
+        nested = (
+            list(weighted_layer_paths(child, f"{path}/")) if _children(child) else []
+        )
+        if nested:
+            yield from nested
+        elif child.weights:
+            yield path, child
+
+
 def weighted_layers(layer) -> list:
     """All leaf layers with weights inside `layer`, in topological order."""
-    found = []
-    for sublayer in getattr(layer, "layers", None) or layer._layers:
-        if getattr(sublayer, "layers", None) or sublayer._layers:
-            nested = weighted_layers(sublayer)
-            if nested:
-                found.extend(nested)
-                continue
-        if sublayer.weights:
-            found.append(sublayer)
-    return found
+    return [leaf for _, leaf in weighted_layer_paths(layer)]
 
 
 def layer_groups(

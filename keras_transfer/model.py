@@ -13,6 +13,7 @@ from keras_transfer.freezing import (
     StrategyDecision,
     layer_groups,
     set_trainable_groups,
+    weighted_layer_paths,
 )
 from keras_transfer.heads import TASKS, build_head, validate_head
 
@@ -38,18 +39,6 @@ def _validate_input_shape(input_shape):
             f"input_shape={input_shape!r}"
         )
     return shape
-
-
-def _weighted_layer_paths(layer, prefix=""):
-    """Yields (path, leaf layer with weights) for every layer inside `layer`."""
-    children = getattr(layer, "layers", None) or layer._layers
-    for child in children:
-        path = f"{prefix}{child.name}"
-        grandchildren = getattr(child, "layers", None) or child._layers
-        if grandchildren:
-            yield from _weighted_layer_paths(child, prefix=f"{path}/")
-        elif child.weights:
-            yield path, child
 
 
 @keras.saving.register_keras_serializable(package="keras_transfer")
@@ -386,7 +375,7 @@ class TransferModel(keras.Model):
             "seed": self.seed,
             "frozen_layers": [
                 path
-                for path, layer in _weighted_layer_paths(self)
+                for path, layer in weighted_layer_paths(self)
                 if not layer.trainable
             ],
         }
@@ -399,7 +388,7 @@ class TransferModel(keras.Model):
         config["input_shape"] = tuple(config["input_shape"])
         model = cls(**config)
         model.backbone.trainable = True
-        for path, layer in _weighted_layer_paths(model):
+        for path, layer in weighted_layer_paths(model):
             layer.trainable = path not in frozen
         if not model.backbone.trainable_weights:
             model.backbone.trainable = False
