@@ -11,8 +11,16 @@ from keras_transfer.backbones import (
     list_backbones,
     pop_top,
     resolve,
+    zoo,
 )
-from keras_transfer.backbones.zoo import UnsafeCheckpointError, load_torch_checkpoint
+from keras_transfer.backbones.zoo import (
+    UnsafeCheckpointError,
+    decode_imagenet,
+    efficientnet_lite,
+    imagenet_class_names,
+    load_torch_checkpoint,
+    mobilenet_v2_torchvision,
+)
 from keras_transfer.freezing import (
     LayerGroup,
     StrategyDecision,
@@ -38,11 +46,16 @@ __all__ = [
     "WeightsUnavailableError",
     "build_head",
     "choose_strategy",
+    "decode_imagenet",
+    "efficientnet_lite",
+    "imagenet_class_names",
     "find_output_layer",
     "layer_groups",
     "list_backbones",
     "load_torch_checkpoint",
+    "mobilenet_v2_torchvision",
     "pop_top",
     "resolve",
+    "zoo",
     "__version__",
 ]

@@ -1,6 +1,5 @@
 """Where pretrained features come from: registry, Keras Applications, surgery."""
 
-from keras_transfer.backbones.applications import WeightsUnavailableError
 from keras_transfer.backbones.backbone import Backbone
 from keras_transfer.backbones.preprocessing import ImagePreprocessing
 from keras_transfer.backbones.registry import (
@@ -11,6 +10,7 @@ from keras_transfer.backbones.registry import (
     resolve,
 )
 from keras_transfer.backbones.surgery import find_output_layer, pop_top
+from keras_transfer.backbones.weights import WeightsUnavailableError
 
 __all__ = [
     "Backbone",

@@ -12,11 +12,7 @@ import tempfile
 import keras
 
 from keras_transfer.backbones.registry import BackboneSpec
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be downloaded or loaded."""
-
+from keras_transfer.backbones.weights import WeightsUnavailableError, keras_cache_dir
 
 # Layer-name patterns whose first group identifies a block (stage) in each family.
 # Families whose layers are auto-named (Inception, NASNet) are split by depth.
@@ -90,13 +86,6 @@ def application_specs() -> list[BackboneSpec]:
     ]
 
 
-def _keras_cache_dir() -> str:
-    """The folder Keras caches downloads in (`$KERAS_HOME`, default ~/.keras)."""
-    from keras.src.backend.config import keras_home
-
-    return os.path.expanduser(keras_home())
-
-
 @contextlib.contextmanager
 def _keep_cached_files(folder: str):
     """Restores any file in `folder` that Keras deletes while trying a download.
@@ -166,7 +155,7 @@ def build_application(
     if weights is None:
         return build(weights=None, **kwargs)
     if weights == "imagenet":
-        cache = _keras_cache_dir()
+        cache = keras_cache_dir()
         with _keep_cached_files(os.path.join(cache, "models")):
             try:
                 return build(weights="imagenet", **kwargs)

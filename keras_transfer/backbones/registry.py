@@ -66,8 +66,16 @@ def register(spec: BackboneSpec, *, overwrite: bool = False) -> BackboneSpec:
 def _ensure_builtins() -> None:
     if not _REGISTRY:
         from keras_transfer.backbones import applications
+        from keras_transfer.backbones.zoo import (
+            efficientnet_lite,
+            mobilenet_v2_torchvision,
+        )
 
-        for spec in applications.application_specs():
+        for spec in (
+            *efficientnet_lite.backbone_specs(),
+            *mobilenet_v2_torchvision.backbone_specs(),
+            *applications.application_specs(),
+        ):
             register(spec)
 
 
