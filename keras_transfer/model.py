@@ -62,7 +62,10 @@ class TransferModel(keras.Model):
         backbone: str, keras.Model or Backbone. A registered name (see
             `keras_transfer.list_backbones()`), a `.keras`/`.h5` file, or a model
             you already have, with or without its classifier (it is cut off).
+            Defaults to `"efficientnet_lite0"`, whose ImageNet weights ship with
+            the package and load offline.
         num_classes: int. Output units: classes, or targets for regression.
+            Required.
         input_shape: tuple or None. `(height, width, channels)` of the images
             you feed; channels 1 (grayscale, repeated to RGB inside the model) or
             3. Defaults to the backbone's native size. Stored as `image_shape`.
@@ -96,8 +99,8 @@ class TransferModel(keras.Model):
 
     def __init__(
         self,
-        backbone,
-        num_classes,
+        backbone="efficientnet_lite0",
+        num_classes=None,
         *,
         input_shape=None,
         weights="imagenet",

@@ -63,3 +63,29 @@ def changed(before, layer):
         not np.array_equal(a, w.numpy())
         for a, w in zip(before, layer.weights, strict=True)
     ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_keras_home(tmp_path_factory):
+    """Keeps downloads and converted weights of the tests out of ~/.keras."""
+    from keras.src.backend import config as keras_config
+
+    home = tmp_path_factory.mktemp("keras_home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keras_config, "_KERAS_DIR", str(home))
+        yield home
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network: every URL fetch goes to a closed local port; an empty Keras home."""
+    from keras.src.backend import config as keras_config
+
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    # Keras reads $KERAS_HOME once at import; point its cache at tmp_path.
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    return tmp_path

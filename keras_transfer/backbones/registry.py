@@ -65,16 +65,20 @@ def register(spec: BackboneSpec, *, overwrite: bool = False) -> BackboneSpec:
 
 def _ensure_builtins() -> None:
     if not _REGISTRY:
-        from keras_transfer.backbones import applications
-        from keras_transfer.backbones.zoo import (
-            efficientnet_lite,
-            mobilenet_v2_torchvision,
+        # Modules by full path: the zoo package re-exports functions of the
+        # same names as these modules.
+        from keras_transfer.backbones.applications import application_specs
+        from keras_transfer.backbones.zoo.efficientnet_lite import (
+            backbone_specs as efficientnet_lite_specs,
+        )
+        from keras_transfer.backbones.zoo.mobilenet_v2_torchvision import (
+            backbone_specs as mobilenet_v2_torchvision_specs,
         )
 
         for spec in (
-            *efficientnet_lite.backbone_specs(),
-            *mobilenet_v2_torchvision.backbone_specs(),
-            *applications.application_specs(),
+            *efficientnet_lite_specs(),
+            *mobilenet_v2_torchvision_specs(),
+            *application_specs(),
         ):
             register(spec)
 

@@ -5,7 +5,6 @@ import keras
 import numpy as np
 import pytest
 from conftest import SIZE, make_classifier
-from keras.src.backend import config as keras_config
 
 from keras_transfer.backbones import (
     Backbone,
@@ -97,19 +96,6 @@ def test_bad_backbone_type():
         resolve(42)
     with pytest.raises(NotImplementedError, match="hub:google/x"):
         resolve("hub:google/x")
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """No network: every URL fetch goes to a closed local port."""
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-        monkeypatch.setenv(var, "http://127.0.0.1:9")
-    for var in ("no_proxy", "NO_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    # Keras reads $KERAS_HOME once at import; point its cache at tmp_path.
-    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path))
-    (tmp_path / "models").mkdir()
-    return tmp_path
 
 
 def test_offline_imagenet_fails_fast_with_instructions(offline):
