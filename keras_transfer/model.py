@@ -81,8 +81,8 @@ class TransferModel(keras.Model):
         resize: bool. Resize inputs to the backbone's native size inside the
             model (for named backbones) or to a model backbone's input size.
         preprocessing: str or None. Override the backbone's input normalisation
-            (`"caffe"`, `"tf"`, `"torch"`, `"none"`); None uses the registry's,
-            or `"none"` for your own model.
+            (`"caffe"`, `"tf"`, `"torch"`, `"efficientnet_lite"`, `"none"`); None
+            uses the registry's, or `"none"` for your own model.
         batchnorm: str. `"frozen"` (default) or `"trainable"`.
         cut_at: str, int or None. Where to cut a model backbone (see
             `keras_transfer.backbones.pop_top`).

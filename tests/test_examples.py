@@ -35,3 +35,30 @@ def test_quickstart_runs_offline_end_to_end(tmp_path):
     assert all(float(accuracy) > 0.4 for _, accuracy in rows)
     model = keras.saving.load_model(str(tmp_path / "digits_5_9_transfer.keras"))
     assert type(model) is kt.TransferModel and model.num_classes == 5
+
+
+@pytest.mark.slow
+def test_imagenet_predict_recognises_photos_offline(tmp_path):
+    pytest.importorskip("skimage")
+    env = dict(
+        os.environ,
+        KERAS_HOME=str(tmp_path),
+        http_proxy="http://127.0.0.1:9",
+        https_proxy="http://127.0.0.1:9",
+    )
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "imagenet_predict.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sections = re.findall(r"^(\w+):\n((?:  .+\n?){5})", result.stdout, re.M)
+    top1 = {
+        name: lines.splitlines()[0].split("%")[1].split("(")[0].strip()
+        for name, lines in sections
+    }
+    assert top1["chelsea"] == "Egyptian cat"
+    assert top1["coffee"] == "espresso"
+    assert set(top1) == {"chelsea", "coffee", "astronaut", "rocket"}

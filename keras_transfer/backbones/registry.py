@@ -166,8 +166,8 @@ def resolve(
             becomes the features; None finds the classifier and cuts below it;
             `-1` uses the model output as is.
         preprocessing: str or None. Input normalisation (`"caffe"`, `"tf"`,
-            `"torch"`, `"none"`); None uses the registry's for named backbones and
-            `"none"` for user models.
+            `"torch"`, `"efficientnet_lite"`, `"none"`); None uses the registry's
+            for named backbones and `"none"` for user models.
         batchnorm: str. `"frozen"` or `"trainable"`, see `Backbone`.
 
     Returns:
