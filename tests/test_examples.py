@@ -11,28 +11,29 @@ import keras_transfer as kt
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow
-def test_quickstart_runs_offline_end_to_end(tmp_path):
+def run_example_offline(name, keras_home, *args):
+    """Runs examples/<name> with an empty Keras home and no network."""
     env = dict(
         os.environ,
-        KERAS_HOME=str(tmp_path),
+        KERAS_HOME=str(keras_home),
         http_proxy="http://127.0.0.1:9",
         https_proxy="http://127.0.0.1:9",
     )
     result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "examples", "quickstart.py"),
-            "--out",
-            str(tmp_path),
-        ],
+        [sys.executable, os.path.join(ROOT, "examples", name), *args],
         capture_output=True,
         text=True,
         timeout=600,
         env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = re.findall(r"^\| (.+?) \| (0\.\d+|1\.0+) \|$", result.stdout, re.M)
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_quickstart_runs_offline_end_to_end(tmp_path):
+    stdout = run_example_offline("quickstart.py", tmp_path, "--out", str(tmp_path))
+    rows = re.findall(r"^\| (.+?) \| (0\.\d+|1\.0+) \|$", stdout, re.M)
     assert [name.split(" (")[0] for name, _ in rows] == [
         "from scratch",
         "transfer: new head on frozen EfficientNet-Lite0",
@@ -48,21 +49,8 @@ def test_quickstart_runs_offline_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_imagenet_predict_recognises_photos_offline(tmp_path):
     pytest.importorskip("skimage")
-    env = dict(
-        os.environ,
-        KERAS_HOME=str(tmp_path),
-        http_proxy="http://127.0.0.1:9",
-        https_proxy="http://127.0.0.1:9",
-    )
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "examples", "imagenet_predict.py")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    sections = re.findall(r"^(\w+):\n((?:  .+\n?){5})", result.stdout, re.M)
+    stdout = run_example_offline("imagenet_predict.py", tmp_path)
+    sections = re.findall(r"^(\w+):\n((?:  .+\n?){5})", stdout, re.M)
     top1 = {
         name: lines.splitlines()[0].split("%")[1].split("(")[0].strip()
         for name, lines in sections

@@ -12,7 +12,12 @@ import tempfile
 import keras
 
 from keras_transfer.backbones.registry import BackboneSpec
-from keras_transfer.backbones.weights import WeightsUnavailableError, keras_cache_dir
+from keras_transfer.backbones.weights import (
+    WeightsUnavailableError,
+    keras_cache_dir,
+    load_keras_weights,
+    local_weights_path,
+)
 
 # Layer-name patterns whose first group identifies a block (stage) in each family.
 # Families whose layers are auto-named (Inception, NASNet) are split by depth.
@@ -165,25 +170,16 @@ def build_application(
                 failure = error
         # Outside the `with`: the cached files are back in place by now.
         raise _download_error(constructor, failure, cache) from failure
-    if not isinstance(weights, (str, os.PathLike)):
-        raise TypeError(
-            "Expected `weights` to be 'imagenet', None or a file path. "
-            f"Received: weights={weights!r}"
-        )
-    path = os.fspath(weights)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"Weights file not found. Received: weights={path!r}. Pass the path "
-            f"of a weights file for {constructor} without its top, 'imagenet' or "
-            "None."
-        )
+    path = local_weights_path(
+        weights,
+        f"Pass the path of a weights file for {constructor} without its top, "
+        "'imagenet' or None.",
+    )
     model = build(weights=None, **kwargs)
-    try:
-        model.load_weights(path)
-    except Exception as error:  # h5py and Keras raise several types
-        raise ValueError(
-            f"Could not load weights file {path!r} into {constructor} without its "
-            f"top: {error}. The file must hold the weights of the network built "
-            "with include_top=False (Keras' '*_notop.h5' files)."
-        ) from error
+    load_keras_weights(
+        model,
+        path,
+        "The file must hold the weights of the network built with "
+        "include_top=False (Keras' '*_notop.h5' files).",
+    )
     return model

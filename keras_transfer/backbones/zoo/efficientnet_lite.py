@@ -21,7 +21,6 @@ from keras_transfer.backbones.weights import WeightsUnavailableError
 from keras_transfer.backbones.zoo.inverted_residual import (
     Stage,
     build_network,
-    load_pretrained,
 )
 
 # variant: (width multiplier, depth multiplier, resolution, top dropout)
@@ -154,7 +153,7 @@ def efficientnet_lite(
             f"Received: variant={variant!r}"
         )
     width, depth, size, dropout = _VARIANTS[variant]
-    model, units = build_network(
+    return build_network(
         tuple(input_shape) if input_shape else (size, size, 3),
         stages=_stages(width, depth),
         stem_filters=32,
@@ -172,16 +171,10 @@ def efficientnet_lite(
             if include_preprocessing
             else None
         ),
+        weights=weights,
+        imagenet=functools.partial(_imagenet_checkpoint, variant),
         name=f"efficientnet_lite{variant}",
     )
-    load_pretrained(
-        model,
-        units,
-        weights,
-        tag=f"efficientnet_lite{variant}",
-        imagenet=functools.partial(_imagenet_checkpoint, variant),
-    )
-    return model
 
 
 def _build_backbone(variant, input_shape, weights):

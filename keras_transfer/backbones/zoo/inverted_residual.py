@@ -15,12 +15,12 @@ stage with the `^block(\\d+)` pattern.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Mapping
 
 import keras
 import numpy as np
 
+from keras_transfer.backbones.weights import load_keras_weights, local_weights_path
 from keras_transfer.backbones.zoo.cache import converted_weights
 
 PADDINGS = ("tensorflow", "symmetric")
@@ -82,13 +82,15 @@ def build_network(
     dropout: float = 0.2,
     classifier_activation: str | None = "softmax",
     preprocessing: keras.layers.Layer | None = None,
+    weights=None,
+    imagenet: Callable[[], tuple[str, str | None]] | None = None,
     name: str = "inverted_residual_network",
-) -> tuple[keras.Model, list[Unit]]:
-    """Builds the network and lists where each weighted layer's weights come from.
+) -> keras.Model:
+    """Builds the network, then loads `weights` (see `load_pretrained`).
 
-    Returns:
-        `(model, units)`: units cover every weighted layer of the model, plus
-        the classifier even when `include_top=False`.
+    `source_names` says where each weighted layer's weights are in the
+    network's PyTorch state dict; `imagenet` locates its ImageNet checkpoint;
+    `name` also names the architecture in the conversion cache.
     """
     if padding not in PADDINGS:
         raise ValueError(
@@ -154,7 +156,9 @@ def build_network(
         x = keras.layers.Dense(
             classes, activation=classifier_activation, name="predictions"
         )(x)
-    return keras.Model(inputs, x, name=name), units
+    model = keras.Model(inputs, x, name=name)
+    load_pretrained(model, units, weights, tag=name, imagenet=imagenet)
+    return model
 
 
 def _converted(kind: str, tensors: list[np.ndarray]) -> list[np.ndarray]:
@@ -259,7 +263,7 @@ def load_pretrained(
     weights,
     *,
     tag: str,
-    imagenet: Callable[[], tuple[str, str | None]],
+    imagenet: Callable[[], tuple[str, str | None]] | None,
 ) -> None:
     """Loads `weights` into a network from `build_network`.
 
@@ -272,30 +276,26 @@ def load_pretrained(
     """
     if weights is None:
         return
+    sha256 = None
     if isinstance(weights, str) and weights == "imagenet":
-        path, sha256 = imagenet()
-    elif isinstance(weights, (str, os.PathLike)):
-        path, sha256 = os.fspath(weights), None
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"Weights file not found. Received: weights={path!r}. Pass "
-                "'imagenet', None, or the path of a PyTorch checkpoint or a Keras "
-                "'.weights.h5' file of this network."
+        if imagenet is None:
+            raise ValueError(
+                f"{model.name} has no ImageNet weights. Received: "
+                "weights='imagenet'; pass None or a file path."
             )
+        path, sha256 = imagenet()
     else:
-        raise TypeError(
-            "Expected `weights` to be 'imagenet', None or a file path. "
-            f"Received: weights={weights!r}"
+        path = local_weights_path(
+            weights,
+            "Pass 'imagenet', None, or the path of a PyTorch checkpoint or a Keras "
+            "'.weights.h5' file of this network.",
         )
     if path.endswith(".h5"):
-        try:
-            model.load_weights(path)
-        except Exception as error:  # h5py and Keras raise several types
-            raise ValueError(
-                f"Could not load Keras weights file {path!r} into {model.name}: "
-                f"{error}. It must be saved from the same network, built with the "
-                "same include_top."
-            ) from error
+        load_keras_weights(
+            model,
+            path,
+            "It must be saved from the same network, built with the same include_top.",
+        )
         return
     arrays = converted_weights(
         path,

@@ -20,7 +20,6 @@ from keras_transfer.backbones.weights import WeightsUnavailableError, keras_cach
 from keras_transfer.backbones.zoo.inverted_residual import (
     Stage,
     build_network,
-    load_pretrained,
 )
 
 _STAGES = (
@@ -110,7 +109,7 @@ def mobilenet_v2_torchvision(
     Returns:
         A `keras.Model` (spatial features when `include_top=False`).
     """
-    model, units = build_network(
+    return build_network(
         tuple(input_shape) if input_shape else (224, 224, 3),
         stages=list(_STAGES),
         stem_filters=32,
@@ -127,16 +126,10 @@ def mobilenet_v2_torchvision(
             if include_preprocessing
             else None
         ),
+        weights=weights,
+        imagenet=_imagenet_checkpoint,
         name="mobilenet_v2_torchvision",
     )
-    load_pretrained(
-        model,
-        units,
-        weights,
-        tag="mobilenet_v2_torchvision",
-        imagenet=_imagenet_checkpoint,
-    )
-    return model
 
 
 def _build_backbone(input_shape, weights):
