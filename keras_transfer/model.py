@@ -81,11 +81,14 @@ class TransferModel(keras.Model):
         resize: bool. Resize inputs to the backbone's native size inside the
             model (for named backbones) or to a model backbone's input size.
         preprocessing: str or None. Override the backbone's input normalisation
-            (`"caffe"`, `"tf"`, `"torch"`, `"efficientnet_lite"`, `"none"`); None
-            uses the registry's, or `"none"` for your own model.
+            (`"caffe"`, `"tf"`, `"torch"`, `"efficientnet_lite"`, `"hub"`,
+            `"none"`); None uses the registry's, `"hub"` for TF-Hub models, or
+            `"none"` for your own model.
         batchnorm: str. `"frozen"` (default) or `"trainable"`.
         cut_at: str, int or None. Where to cut a model backbone (see
             `keras_transfer.backbones.pop_top`).
+        output_key: str or None. For TF-Hub backbones whose model returns a
+            dict, the output to use as features.
         seed: int or None. Seeds the head's initialisers and dropout.
 
     Example:
@@ -113,6 +116,7 @@ class TransferModel(keras.Model):
         preprocessing=None,
         batchnorm="frozen",
         cut_at=None,
+        output_key=None,
         seed=None,
         **kwargs,
     ):
@@ -156,6 +160,7 @@ class TransferModel(keras.Model):
             input_shape=backbone_input,
             cut_at=cut_at,
             preprocessing=preprocessing,
+            output_key=output_key,
             batchnorm=batchnorm,
         )
         model_shape = tuple(backbone_layer.model.inputs[0].shape[1:])
@@ -227,6 +232,7 @@ class TransferModel(keras.Model):
         self.preprocessing = preprocessing
         self.batchnorm = batchnorm
         self.cut_at = cut_at
+        self.output_key = output_key
         self.seed = seed
         self._compile_request = None
         self._layer_groups = None
@@ -375,6 +381,7 @@ class TransferModel(keras.Model):
             "preprocessing": self.preprocessing,
             "batchnorm": self.batchnorm,
             "cut_at": self.cut_at,
+            "output_key": self.output_key,
             "seed": self.seed,
             "frozen_layers": [
                 path

@@ -10,7 +10,7 @@ _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN_RGB = (123.675, 116.28, 103.53)  # 255 * (0.485, 0.456, 0.406)
 _TORCH_STD_RGB = (58.395, 57.12, 57.375)  # 255 * (0.229, 0.224, 0.225)
 
-PREPROCESSING_MODES = ("caffe", "tf", "torch", "efficientnet_lite", "none")
+PREPROCESSING_MODES = ("caffe", "tf", "torch", "efficientnet_lite", "hub", "none")
 
 
 @keras.saving.register_keras_serializable(package="keras_transfer")
@@ -24,12 +24,13 @@ class ImagePreprocessing(keras.layers.Layer):
     - `"torch"`: scale to [0, 1], then normalise with the ImageNet mean and
       standard deviation (DenseNet, most PyTorch checkpoints).
     - `"efficientnet_lite"`: `(x - 127) / 128` (EfficientNet-Lite, as trained).
+    - `"hub"`: scale to [0, 1], TF-Hub's convention for image models.
     - `"none"`: pass through (networks with their own preprocessing layers,
       such as EfficientNet, MobileNetV3 and ConvNeXt).
 
     Args:
-        mode: str. One of `"caffe"`, `"tf"`, `"torch"`, `"efficientnet_lite"` or
-            `"none"`.
+        mode: str. One of `"caffe"`, `"tf"`, `"torch"`, `"efficientnet_lite"`,
+            `"hub"` or `"none"`.
 
     Example:
 
@@ -55,6 +56,8 @@ class ImagePreprocessing(keras.layers.Layer):
             mean = ops.convert_to_tensor(_TORCH_MEAN_RGB, self.compute_dtype)
             std = ops.convert_to_tensor(_TORCH_STD_RGB, self.compute_dtype)
             return (images - mean) / std
+        if self.mode == "hub":
+            return images / 255.0
         if self.mode == "efficientnet_lite":
             return (images - 127.0) / 128.0
         if self.mode == "caffe":

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import keras
 
 from keras_transfer.backbones.backbone import Backbone
+from keras_transfer.backbones.hub import HubBackbone, is_saved_model_dir
 from keras_transfer.backbones.preprocessing import PREPROCESSING_MODES
 from keras_transfer.backbones.surgery import pop_top
 
@@ -138,6 +139,23 @@ def _clone(model: keras.Model) -> keras.Model:
     return copy
 
 
+def _hub_backbone(handle, input_shape, preprocessing, batchnorm, output_key):
+    if input_shape is None:
+        raise ValueError(
+            f"TF-Hub and SavedModel backbones need the image size they expect. "
+            f"Received: input_shape=None for 'hub:{handle}'; pass e.g. "
+            "input_shape=(224, 224, 3)."
+        )
+    inputs = keras.Input(shape=tuple(input_shape))
+    features = HubBackbone(handle, output_key=output_key, name="hub")(inputs)
+    return Backbone(
+        keras.Model(inputs, features, name="hub_model"),
+        preprocessing=preprocessing or "hub",
+        batchnorm=batchnorm,
+        name="backbone",
+    )
+
+
 def resolve(
     backbone: str | keras.Model | Backbone,
     *,
@@ -146,13 +164,16 @@ def resolve(
     cut_at: str | int | None = None,
     preprocessing: str | None = None,
     batchnorm: str = "frozen",
+    output_key: str | None = None,
 ) -> Backbone:
     """Turns a backbone choice into a `Backbone` layer that takes 0-255 images.
 
     Args:
         backbone: str, keras.Model or Backbone. A registered name
             (`"mobilenet_v3_small"`, or the constructor name `"MobileNetV3Small"`),
-            a path to a `.keras`/`.h5` model file, or a model the user already has,
+            a path to a `.keras`/`.h5` model file, `"hub:<handle or folder>"` (a
+            TF-Hub / Kaggle Models handle or a SavedModel folder, see
+            `HubBackbone`), a SavedModel folder, or a model the user already has,
             with or without its classifier (the classifier is cut off, see
             `cut_at`). A `Backbone` is returned as is.
         weights: str or None. For named backbones: `"imagenet"` (downloaded by
@@ -166,9 +187,12 @@ def resolve(
             becomes the features; None finds the classifier and cuts below it;
             `-1` uses the model output as is.
         preprocessing: str or None. Input normalisation (`"caffe"`, `"tf"`,
-            `"torch"`, `"efficientnet_lite"`, `"none"`); None uses the registry's
-            for named backbones and `"none"` for user models.
+            `"torch"`, `"efficientnet_lite"`, `"hub"`, `"none"`); None uses the
+            registry's for named backbones, `"hub"` ([0, 1]) for TF-Hub models and
+            `"none"` for user models.
         batchnorm: str. `"frozen"` or `"trainable"`, see `Backbone`.
+        output_key: str or None. For TF-Hub models that return a dict: the
+            output to use as features (see `HubBackbone`).
 
     Returns:
         A `Backbone` layer.
@@ -176,9 +200,12 @@ def resolve(
     if isinstance(backbone, Backbone):
         return backbone
     if isinstance(backbone, str) and backbone.startswith("hub:"):
-        raise NotImplementedError(
-            "TF-Hub backbones ('hub:<handle>') are not available yet. "
-            f"Received: backbone={backbone!r}"
+        return _hub_backbone(
+            backbone[len("hub:") :], input_shape, preprocessing, batchnorm, output_key
+        )
+    if isinstance(backbone, (str, os.PathLike)) and is_saved_model_dir(backbone):
+        return _hub_backbone(
+            os.fspath(backbone), input_shape, preprocessing, batchnorm, output_key
         )
     if isinstance(backbone, str) and not _looks_like_path(backbone):
         spec = get_spec(backbone)

@@ -94,8 +94,10 @@ def test_user_model_is_copied_not_shared(classifier):
 def test_bad_backbone_type():
     with pytest.raises(TypeError, match="backbone=42"):
         resolve(42)
-    with pytest.raises(NotImplementedError, match="hub:google/x"):
+    with pytest.raises(ValueError, match="input_shape=None for 'hub:google/x'"):
         resolve("hub:google/x")
+    with pytest.raises(FileNotFoundError, match="'google/x' is neither"):
+        resolve("hub:google/x", input_shape=(8, 8, 3))
 
 
 def test_offline_imagenet_fails_fast_with_instructions(offline):
