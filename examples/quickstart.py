@@ -21,7 +21,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
 
 import keras_transfer as kt  # noqa: E402
 
@@ -47,22 +46,6 @@ def small_cnn(num_classes: int) -> keras.Model:
     return keras.Model(inputs, outputs, name="digits_cnn")
 
 
-def load_task(seed: int, per_class: int = PER_CLASS):
-    """`per_class` training images per digit, all other images for testing."""
-    digits = load_digits()
-    images = (digits.images * (255.0 / 16.0)).astype("float32")[..., None]
-    labels = digits.target
-    rng = np.random.default_rng(seed)
-    train = np.concatenate(
-        [
-            rng.choice(np.flatnonzero(labels == c), per_class, replace=False)
-            for c in range(10)
-        ]
-    )
-    test = np.setdiff1d(np.arange(len(labels)), train)
-    return (images[train], labels[train]), (images[test], labels[test])
-
-
 def upsample(images: np.ndarray) -> np.ndarray:
     return keras.ops.convert_to_numpy(keras.layers.Resizing(SIZE, SIZE)(images))
 
@@ -75,7 +58,9 @@ def main() -> None:
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
-    (x_train, y_train), (x_test, y_test) = load_task(args.seed, args.per_class)
+    (x_train, y_train), (x_test, y_test) = kt.datasets.load_digits(
+        args.per_class, args.seed
+    )
     print(
         f"digits 0-9: {len(x_train)} training images ({args.per_class} per class), "
         f"{len(x_test)} test images"

@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from keras_transfer import datasets
 from keras_transfer.backbones import (
     Backbone,
     BackboneSpec,
@@ -45,6 +46,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "WeightsUnavailableError",
     "build_head",
+    "datasets",
     "choose_strategy",
     "decode_imagenet",
     "efficientnet_lite",

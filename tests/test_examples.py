@@ -58,3 +58,19 @@ def test_imagenet_predict_recognises_photos_offline(tmp_path):
     assert top1["chelsea"] == "Egyptian cat"
     assert top1["coffee"] == "espresso"
     assert set(top1) == {"chelsea", "coffee", "astronaut", "rocket"}
+
+
+@pytest.mark.slow
+def test_hub_backbone_example_fine_tunes_saves_and_exports(tmp_path):
+    stdout = run_example_offline(
+        "hub_backbone.py",
+        tmp_path,
+        *("--out", str(tmp_path), "--head-epochs", "2", "--fine-tune-epochs", "1"),
+    )
+    moved = float(re.search(r"weights moved by up to (\S+)\)", stdout).group(1))
+    assert moved > 0
+    reload_diff = float(re.search(r"max prediction difference (\S+)$", stdout, re.M)[1])
+    export_diff = float(re.search(r"difference to predict (\S+)$", stdout, re.M)[1])
+    assert reload_diff <= 1e-5 and export_diff <= 1e-5
+    model = keras.saving.load_model(str(tmp_path / "digits_hub.keras"))
+    assert type(model) is kt.TransferModel and model.num_classes == 10
