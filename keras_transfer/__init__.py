@@ -22,6 +22,7 @@ from keras_transfer.backbones.zoo import (
     load_torch_checkpoint,
     mobilenet_v2_torchvision,
 )
+from keras_transfer.callbacks import ChainThaw, GradualUnfreeze, UnfreezeSchedule
 from keras_transfer.freezing import (
     LayerGroup,
     StrategyDecision,
@@ -30,6 +31,7 @@ from keras_transfer.freezing import (
 )
 from keras_transfer.heads import build_head
 from keras_transfer.model import TransferModel
+from keras_transfer.optimizers import GroupedOptimizer, group_multipliers
 
 try:
     __version__ = version("keras-transfer")
@@ -39,10 +41,14 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "Backbone",
     "BackboneSpec",
+    "ChainThaw",
+    "GradualUnfreeze",
+    "GroupedOptimizer",
     "ImagePreprocessing",
     "LayerGroup",
     "StrategyDecision",
     "TransferModel",
+    "UnfreezeSchedule",
     "UnsafeCheckpointError",
     "WeightsUnavailableError",
     "build_head",
@@ -52,6 +58,7 @@ __all__ = [
     "efficientnet_lite",
     "imagenet_class_names",
     "find_output_layer",
+    "group_multipliers",
     "layer_groups",
     "list_backbones",
     "load_torch_checkpoint",

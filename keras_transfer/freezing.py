@@ -116,13 +116,40 @@ def set_trainable_groups(backbone, groups: list[LayerGroup], top_groups: int) ->
             f"Expected `top_groups` between 0 and {len(groups)} (the number of "
             f"layer groups). Received: top_groups={top_groups}"
         )
-    if top_groups == 0:
-        backbone.trainable = False
+    train_groups(backbone, groups, range(len(groups) - top_groups, len(groups)))
+
+
+def group_indices(groups: list[LayerGroup], selection) -> list[int]:
+    """Indices into `groups` of a selection given by index or by group name."""
+    names = [group.name for group in groups]
+    indices = []
+    for item in selection:
+        if isinstance(item, str) and item in names:
+            indices.append(names.index(item))
+        elif (
+            isinstance(item, (int, np.integer))
+            and not isinstance(item, bool)
+            and -len(groups) <= item < len(groups)
+        ):
+            indices.append(int(item) % len(groups))
+        else:
+            raise ValueError(
+                f"Expected layer groups as indices below {len(groups)} or names "
+                f"from {names}. Received: {item!r}"
+            )
+    return sorted(set(indices))
+
+
+def train_groups(backbone, groups: list[LayerGroup], selection) -> None:
+    """Makes the selected groups of `backbone` trainable and every other frozen."""
+    chosen = set(group_indices(groups, selection))
+    backbone.trainable = bool(chosen)
+    if not chosen:
         return
-    backbone.trainable = True
-    for group in groups[: len(groups) - top_groups]:
-        for layer in group.layers:
-            layer.trainable = False
+    for index, group in enumerate(groups):
+        if index not in chosen:
+            for layer in group.layers:
+                layer.trainable = False
 
 
 @dataclasses.dataclass(frozen=True)
