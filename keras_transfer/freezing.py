@@ -7,6 +7,7 @@ import logging
 import re
 from typing import NamedTuple
 
+import keras
 import numpy as np
 
 logger = logging.getLogger("keras_transfer")
@@ -140,16 +141,27 @@ def group_indices(groups: list[LayerGroup], selection) -> list[int]:
     return sorted(set(indices))
 
 
+def set_trainable(layer, value: bool) -> None:
+    """`layer.trainable = value` that also reaches sub-layers when it is a no-op.
+
+    On the TensorFlow backend, assigning an attribute the value it already has
+    returns early (TensorFlow's AutoTrackable), so `backbone.trainable = True`
+    on a trainable backbone would leave its frozen sub-layers frozen.
+    """
+    keras.layers.Layer.trainable.fset(layer, bool(value))
+
+
 def train_groups(backbone, groups: list[LayerGroup], selection) -> None:
     """Makes the selected groups of `backbone` trainable and every other frozen."""
     chosen = set(group_indices(groups, selection))
-    backbone.trainable = bool(chosen)
-    if not chosen:
-        return
-    for index, group in enumerate(groups):
-        if index not in chosen:
-            for layer in group.layers:
-                layer.trainable = False
+    flags = {
+        id(layer): index in chosen
+        for index, group in enumerate(groups)
+        for layer in group.layers
+    }
+    # Parents come before their sub-layers, so each leaf gets its own flag last.
+    for layer in backbone._flatten_layers(include_self=True):
+        set_trainable(layer, flags.get(id(layer), bool(chosen)))
 
 
 @dataclasses.dataclass(frozen=True)

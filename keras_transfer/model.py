@@ -13,6 +13,7 @@ from keras_transfer.callbacks import GradualUnfreeze
 from keras_transfer.freezing import (
     StrategyDecision,
     layer_groups,
+    set_trainable,
     set_trainable_groups,
     train_groups,
     weighted_layer_paths,
@@ -240,7 +241,7 @@ class TransferModel(keras.Model):
         self.seed = seed
         self._compile_request = None
         self._layer_groups = None
-        self.backbone.trainable = False
+        set_trainable(self.backbone, False)
 
     # --- Freezing -------------------------------------------------------------
 
@@ -280,7 +281,7 @@ class TransferModel(keras.Model):
         """
         train_groups(self.backbone, self.layer_groups, groups)
         for layer in self._head_layers():
-            layer.trainable = bool(head)
+            set_trainable(layer, head)
         self._trainable_changed()
 
     def _head_layers(self) -> list:
@@ -570,9 +571,9 @@ class TransferModel(keras.Model):
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         config["input_shape"] = tuple(config["input_shape"])
         model = cls(**config)
-        model.backbone.trainable = True
+        set_trainable(model.backbone, True)
         for path, layer in weighted_layer_paths(model):
-            layer.trainable = path not in frozen
+            set_trainable(layer, path not in frozen)
         if not model.backbone.trainable_weights:
-            model.backbone.trainable = False
+            set_trainable(model.backbone, False)
         return model

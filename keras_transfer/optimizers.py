@@ -201,9 +201,11 @@ class GroupedOptimizer(keras.optimizers.Optimizer):
         for key, group in zip(map(self._var_key, variables), group_ids, strict=True):
             self._group_ids[key] = group
         for i, optimizer in enumerate(self._group_optimizers):
-            optimizer.build([v for v, g in zip(variables, group_ids) if g == i])
+            optimizer.build(
+                [v for v, g in zip(variables, group_ids, strict=True) if g == i]
+            )
         if self.l2_sp is not None:
-            for variable, group in zip(variables, group_ids):
+            for variable, group in zip(variables, group_ids, strict=True):
                 if group in self.anchored_groups:
                     anchor = self.add_variable_from_reference(variable, "pretrained")
                     anchor.assign(variable)

@@ -353,3 +353,22 @@ def test_cut_at_with_a_named_backbone_is_refused():
             weights=None,
             cut_at="conv_1",
         )
+
+
+def test_unfreezing_more_after_a_partial_unfreeze():
+    # On TensorFlow, `layer.trainable = True` on an already trainable layer is a
+    # no-op that leaves frozen sub-layers frozen; unfreezing must reach them.
+    model = build()
+    model.unfreeze(top_groups=1)
+    top = len(model.backbone.trainable_weights)
+    model.unfreeze(top_groups=2)
+    assert len(model.backbone.trainable_weights) > top
+    model.unfreeze()
+    everything = [
+        v
+        for layer in kt.freezing.weighted_layers(model.backbone)
+        for v in layer._trainable_variables
+    ]
+    assert len(model.backbone.trainable_weights) == len(everything) == 12
+    model.unfreeze(top_groups=1)
+    assert len(model.backbone.trainable_weights) == top
