@@ -9,7 +9,6 @@ import keras
 from keras_transfer.backbones.backbone import BATCHNORM_POLICIES
 from keras_transfer.backbones.preprocessing import PREPROCESSING_MODES
 from keras_transfer.backbones.registry import resolve
-from keras_transfer.callbacks import GradualUnfreeze
 from keras_transfer.freezing import (
     StrategyDecision,
     layer_groups,
@@ -18,14 +17,10 @@ from keras_transfer.freezing import (
     train_groups,
     weighted_layer_paths,
 )
-from keras_transfer.heads import TASKS, build_head, validate_head
-from keras_transfer.optimizers import GroupedOptimizer, group_multipliers
+from keras_transfer.heads import build_head, validate_head
+from keras_transfer.training import TrainingMixin
 
 logger = logging.getLogger("keras_transfer")
-
-HEAD_LEARNING_RATE = 1e-3
-FINE_TUNE_LEARNING_RATE = 1e-4
-DEFAULT_LAYER_DECAY = 0.75
 
 
 def _validate_input_shape(input_shape):
@@ -47,7 +42,7 @@ def _validate_input_shape(input_shape):
 
 
 @keras.saving.register_keras_serializable(package="keras_transfer")
-class TransferModel(keras.Model):
+class TransferModel(TrainingMixin, keras.Model):
     """A pretrained backbone, its top popped, with a new head: a `keras.Model`.
 
     Built functionally: raw images in `[0, 255]` -> (grayscale to RGB) ->
@@ -61,7 +56,11 @@ class TransferModel(keras.Model):
 
     `freeze_backbone()` and `unfreeze()` recompile a compiled model with the
     arguments of its last `compile()` (a fresh optimizer), because Keras builds
-    its train step and optimizer for one set of trainable weights.
+    its train step and optimizer for one set of trainable weights; compiled
+    with a `GroupedOptimizer` (`compile(layer_decay=...)`), they keep its
+    state and retrace the train step instead. `fine_tune()` trains the head,
+    then everything, in one call; `GradualUnfreeze` and `ChainThaw` change
+    what trains during `fit`.
 
     Args:
         backbone: str, keras.Model or Backbone. A registered name (see
@@ -103,6 +102,8 @@ class TransferModel(keras.Model):
     >>> model.compile()
     >>> model.fit(np.zeros((4, 32, 32, 3)), np.array([0, 1, 2, 0]), verbose=0)
     >>> model.unfreeze(top_groups=1)
+    >>> history = model.fine_tune(np.zeros((4, 32, 32, 3)), np.array([0, 1, 2, 0]),
+    ...                           epochs=1, verbose=0)
     """
 
     def __init__(
@@ -300,241 +301,6 @@ class TransferModel(keras.Model):
                 f"Received: {decision!r}"
             )
         logger.info("Applied strategy %s", decision)
-
-    def _backbone_is_trainable(self) -> bool:
-        return bool(self.backbone.trainable_weights)
-
-    def _trainable_changed(self) -> None:
-        if not self.compiled or self._compile_request is None:
-            return
-        if isinstance(self.optimizer, GroupedOptimizer):
-            # Built for every weight: keep its state, retrace the train step.
-            rate = self._auto_learning_rate()
-            if rate is not None:
-                self.optimizer.learning_rate = rate
-            self.make_train_function(force=True)
-            logger.info("Trainable layers changed; optimizer state kept")
-        else:
-            self.compile(**self._compile_request)
-            logger.info("Recompiled after a change of trainable layers")
-
-    # --- Training -------------------------------------------------------------
-
-    def compile(
-        self,
-        optimizer="auto",
-        loss="auto",
-        metrics="auto",
-        *,
-        learning_rate: float | None = None,
-        layer_decay: float | None = None,
-        lr_multipliers=None,
-        l2_sp: float | None = None,
-        **kwargs,
-    ):
-        """Like `keras.Model.compile`, with defaults that fit the head.
-
-        Args:
-            optimizer: `"auto"` (Adam), an optimizer name or instance.
-            loss: `"auto"` picks the loss of `task`: sparse categorical
-                crossentropy (integer labels; pass `"categorical_crossentropy"`
-                for one-hot labels), binary crossentropy, or mean squared error.
-            metrics: `"auto"` picks accuracy (or mean absolute error).
-            learning_rate: float or None. For `"auto"` or named optimizers;
-                None uses 1e-3 while the backbone is frozen and 1e-4 once any
-                backbone weight trains.
-            layer_decay: float or None. Discriminative learning rates: each
-                layer group learns `layer_decay` times as fast as the one above
-                it, the head at the full rate (e.g. 0.75, or ULMFiT's 1 / 2.6).
-            lr_multipliers: sequence of float or None. Instead, one multiplier
-                per layer group, bottom to top.
-            l2_sp: float or None. L2-SP: pull backbone weights towards their
-                values at this compile (the pretrained ones) with the gradient
-                of `l2_sp / 2 * ||w - w0||^2`; the head is not pulled.
-            **kwargs: passed to `keras.Model.compile`.
-
-        With any of the last three, the optimizer is a `GroupedOptimizer`: one
-        optimizer per layer group, built for every weight, so that freezing and
-        unfreezing (also during `fit`) keep its state instead of recompiling.
-        """
-        request = dict(
-            optimizer=optimizer,
-            loss=loss,
-            metrics=metrics,
-            learning_rate=learning_rate,
-            **kwargs,
-        )
-        grouped = {
-            "layer_decay": layer_decay,
-            "lr_multipliers": lr_multipliers,
-            "l2_sp": l2_sp,
-        }
-        grouped = {key: value for key, value in grouped.items() if value is not None}
-        request.update(grouped)
-        groups = len(self.layer_groups)
-        multipliers = group_multipliers(groups, layer_decay, lr_multipliers)
-        if isinstance(optimizer, str):
-            rate = learning_rate
-            if rate is None:
-                rate = self._auto_learning_rate(optimizer, learning_rate)
-            name = "adam" if optimizer == "auto" else optimizer
-            optimizer = keras.optimizers.get(
-                {"class_name": name, "config": {"learning_rate": rate}}
-            )
-        elif learning_rate is not None:
-            raise ValueError(
-                "`learning_rate` applies to 'auto' or named optimizers; set it on "
-                f"the optimizer instead. Received: optimizer={optimizer!r}, "
-                f"learning_rate={learning_rate}"
-            )
-        elif getattr(optimizer, "built", False):
-            # An optimizer already built for other variables cannot be reused.
-            optimizer = optimizer.__class__.from_config(optimizer.get_config())
-        if grouped:
-            optimizer = GroupedOptimizer(
-                optimizer, multipliers, l2_sp=l2_sp, anchored_groups=range(groups)
-            )
-        previous = self.optimizer if self.compiled else None
-        default_loss, default_metrics = TASKS[self.task][1:]
-        super().compile(
-            optimizer=optimizer,
-            loss=default_loss if loss == "auto" else loss,
-            metrics=list(default_metrics) if metrics == "auto" else metrics,
-            **kwargs,
-        )
-        self._compile_request = request
-        if grouped:
-            self.optimizer.build(*self._variable_groups())
-            if isinstance(previous, GroupedOptimizer):
-                self.optimizer.keep_anchors_of(previous)
-
-    def _auto_learning_rate(self, optimizer=None, learning_rate=None):
-        """The "auto" rate for the current trainable state, or None if not auto."""
-        request = self._compile_request or {}
-        optimizer = optimizer or request.get("optimizer")
-        if learning_rate is None:
-            learning_rate = request.get("learning_rate")
-        if not isinstance(optimizer, str) or learning_rate is not None:
-            return None
-        if self._backbone_is_trainable():
-            return FINE_TUNE_LEARNING_RATE
-        return HEAD_LEARNING_RATE
-
-    def _variable_groups(self):
-        """Every weight that can train, and its group: backbone groups, then head."""
-        head = len(self.layer_groups)
-        group_of = {}
-        for index, group in enumerate(self.layer_groups):
-            for layer in group.layers:
-                for variable in layer._trainable_variables:
-                    group_of[id(variable)] = index
-        in_backbone = {id(v) for v in self.backbone.weights}
-        variables, group_ids = [], []
-        for layer in self._flatten_layers(include_self=True):
-            for variable in layer._trainable_variables:
-                if id(variable) not in in_backbone:
-                    group_ids.append(head)
-                else:  # a backbone weight outside every group joins the lowest
-                    group_ids.append(group_of.get(id(variable), 0))
-                variables.append(variable)
-        return variables, group_ids
-
-    def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
-        # Callbacks that change trainable layers during fit first set up the
-        # optimizer for that (see GradualUnfreeze), before any of them runs.
-        for callback in callbacks or ():
-            prepare = getattr(callback, "prepare_model", None)
-            if prepare is not None:
-                prepare(self)
-        return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
-
-    def fine_tune(
-        self,
-        x=None,
-        y=None,
-        *,
-        epochs: int = 5,
-        freeze_epochs: int = 1,
-        layer_decay: float | None = DEFAULT_LAYER_DECAY,
-        l2_sp: float | None = None,
-        callbacks=None,
-        **kwargs,
-    ) -> keras.callbacks.History:
-        """Head first, then everything at lower, discriminative rates: one call.
-
-        fastai's `fine_tune` and LP-FT (Kumar et al., 2022): `freeze_epochs`
-        epochs train the new head on the frozen backbone (so its random weights
-        do not send large gradients into the pretrained ones), then every layer
-        trains for `epochs` more. One `fit`, so one History, and callbacks such
-        as EarlyStopping, ModelCheckpoint and BackupAndRestore work as usual.
-
-        The model keeps its compile arguments (or gets `compile()`'s defaults)
-        with `layer_decay` and `l2_sp` added. With the "auto" learning rate the
-        head phase runs at 1e-3 and the rest at 1e-4 for the head, each group
-        below at `layer_decay` times the rate of the one above.
-
-        Args:
-            x, y: the training data, as for `fit`.
-            epochs: int. Epochs with every layer training.
-            freeze_epochs: int. Epochs of the head alone first (0 skips them).
-            layer_decay: float or None. See `compile`; None for one rate.
-            l2_sp: float or None. See `compile`.
-            callbacks: list of callbacks, as for `fit`.
-            **kwargs: passed to `fit` (`validation_data`, `batch_size`, ...).
-
-        Returns:
-            The `History` of both phases, epochs numbered on.
-        """
-        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-            raise ValueError(
-                f"Expected `epochs` to be a positive int. Received: epochs={epochs!r}"
-            )
-        if (
-            not isinstance(freeze_epochs, int)
-            or isinstance(freeze_epochs, bool)
-            or freeze_epochs < 0
-        ):
-            raise ValueError(
-                "Expected `freeze_epochs` to be an int >= 0. Received: "
-                f"freeze_epochs={freeze_epochs!r}"
-            )
-        request = dict(self._compile_request or {}) if self.compiled else {}
-        for key in ("layer_decay", "lr_multipliers", "l2_sp"):
-            request.pop(key, None)
-        self.compile(**request, layer_decay=layer_decay or 1.0, l2_sp=l2_sp)
-        schedule = GradualUnfreeze(
-            at_epochs=[freeze_epochs], groups_per_step=len(self.layer_groups)
-        )
-        return self.fit(
-            x,
-            y,
-            epochs=freeze_epochs + epochs,
-            callbacks=[schedule, *(callbacks or [])],
-            **kwargs,
-        )
-
-    def use_grouped_optimizer(self) -> None:
-        """Recompiles with a `GroupedOptimizer` unless the model already has one."""
-        if not self.compiled or self._compile_request is None:
-            raise ValueError(
-                "Compile the model before changing trainable layers during fit: "
-                "call `model.compile()` first."
-            )
-        if not isinstance(self.optimizer, GroupedOptimizer):
-            self.compile(**self._compile_request, layer_decay=1.0)
-            logger.info("Recompiled with one optimizer per layer group")
-
-    def get_compile_config(self):
-        if not self.compiled or self._compile_request is None:
-            return {}
-        # The request, not its result: "auto" choices are made again after loading.
-        return {"request": keras.saving.serialize_keras_object(self._compile_request)}
-
-    def compile_from_config(self, config):
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config.get("request", config))
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
 
     # --- Config ---------------------------------------------------------------
 

@@ -216,6 +216,10 @@ class GroupedOptimizer(keras.optimizers.Optimizer):
         """The L2-SP reference values `w0`, one per anchored variable."""
         return list(self._anchors.values())
 
+    def anchor(self, variable):
+        """The L2-SP reference value of `variable`, or None if it has none."""
+        return self._anchors.get(self._var_key(variable))
+
     def keep_anchors_of(self, other: GroupedOptimizer) -> None:
         """Takes over `other`'s L2-SP reference values for the same variables."""
         for key, anchor in self._anchors.items():
