@@ -162,14 +162,15 @@ class TrainingMixin:
                 variables.append(variable)
         return variables, group_ids
 
-    def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
+    def fit(self, *args, **kwargs):
         # Callbacks that change trainable layers during fit first set up the
         # optimizer for that (see GradualUnfreeze), before any of them runs.
+        callbacks = kwargs.get("callbacks", args[5] if len(args) > 5 else None)
         for callback in callbacks or ():
             prepare = getattr(callback, "prepare_model", None)
             if prepare is not None:
                 prepare(self)
-        return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+        return super().fit(*args, **kwargs)
 
     def fine_tune(
         self,

@@ -74,3 +74,24 @@ def test_hub_backbone_example_fine_tunes_saves_and_exports(tmp_path):
     assert reload_diff <= 1e-5 and export_diff <= 1e-5
     model = keras.saving.load_model(str(tmp_path / "digits_hub.keras"))
     assert type(model) is kt.TransferModel and model.num_classes == 10
+
+
+@pytest.mark.slow
+def test_fine_tune_schedules_example_trains_and_resumes(tmp_path):
+    stdout = run_example_offline(
+        "fine_tune_schedules.py",
+        tmp_path,
+        *("--out", str(tmp_path), "--head-epochs", "2", "--tune-epochs", "8"),
+    )
+    rows = re.findall(r"^\| (.+?) \| (0\.\d+|1\.0+) \| \d+ s \|$", stdout, re.M)
+    assert [name.split(" (")[0] for name, _ in rows] == [
+        "model.fine_tune",
+        "GradualUnfreeze",
+        "GradualUnfreeze + L2-SP",
+    ]
+    assert "fine_tune: one History of 10 epochs" in stdout
+    # Stages at epochs 3 and 7; interrupted at epoch 6, resumed there at stage 1.
+    assert "epoch 7: 4 of 8 backbone groups trainable" in stdout
+    assert "resumed at epoch 6 with 2 of 8 backbone groups trainable" in stdout
+    model = keras.saving.load_model(str(tmp_path / "digits_gradual.keras"))
+    assert isinstance(model.optimizer, kt.GroupedOptimizer)
