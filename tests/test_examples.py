@@ -86,6 +86,7 @@ def test_fine_tune_schedules_example_trains_and_resumes(tmp_path):
     rows = re.findall(r"^\| (.+?) \| (0\.\d+|1\.0+) \| \d+ s \|$", stdout, re.M)
     assert [name.split(" (")[0] for name, _ in rows] == [
         "model.fine_tune",
+        "model.fine_tune",
         "GradualUnfreeze",
         "GradualUnfreeze + L2-SP",
     ]

@@ -32,6 +32,7 @@ def test_fine_tune_trains_the_head_then_everything_at_decayed_rates(data):
         *data,
         epochs=2,
         freeze_epochs=2,
+        layer_decay=0.75,
         validation_data=data,
         batch_size=8,
         verbose=0,
@@ -50,13 +51,11 @@ def test_fine_tune_keeps_the_compile_arguments(data):
     model = build()
     metric = keras.metrics.SparseCategoricalAccuracy(name="custom_accuracy")
     model.compile(optimizer="sgd", learning_rate=0.05, metrics=[metric])
-    history = model.fine_tune(
-        *data, epochs=1, freeze_epochs=0, layer_decay=None, verbose=0
-    )
+    history = model.fine_tune(*data, epochs=1, freeze_epochs=0, verbose=0)
     inner = model.optimizer.group_optimizers[0]
     assert isinstance(inner, keras.optimizers.SGD)
     assert float(inner.learning_rate) == pytest.approx(0.05)  # not "auto"
-    assert model.optimizer.multipliers == (1.0,) * 5
+    assert model.optimizer.multipliers == (1.0,) * 5  # the default: one rate
     assert "custom_accuracy" in history.history
 
 
