@@ -123,6 +123,8 @@ def set_trainable_groups(backbone, groups: list[LayerGroup], top_groups: int) ->
 def group_indices(groups: list[LayerGroup], selection) -> list[int]:
     """Indices into `groups` of a selection given by index or by group name."""
     names = [group.name for group in groups]
+    if isinstance(selection, (str, int, np.integer)):
+        selection = [selection]
     indices = []
     for item in selection:
         if isinstance(item, str) and item in names:

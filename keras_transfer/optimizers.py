@@ -84,6 +84,10 @@ class GroupedOptimizer(keras.optimizers.Optimizer):
     kept. Each group counts its own steps, so Adam's bias correction starts
     afresh for a group when it first trains, as it would in a new optimizer.
 
+    `rate_scale` multiplies the learning rate of every group; reading and
+    setting `learning_rate` include it, so `ReduceLROnPlateau` composes with
+    it. TransferModel's "auto" rate sets it to 0.1 while the backbone trains.
+
     L2-SP: with `l2_sp=alpha`, weights of the groups in `anchored_groups` get
     the gradient `alpha * (w - w0)` added, exactly what adding
     `alpha / 2 * ||w - w0||^2` to the loss does, where `w0` are the values at
@@ -96,7 +100,8 @@ class GroupedOptimizer(keras.optimizers.Optimizer):
 
     Args:
         optimizer: keras.optimizers.Optimizer, str or dict. The optimizer each
-            group uses; its learning rate is the base rate.
+            group uses (its `weight_decay` and `exclude_from_weight_decay` too);
+            its learning rate is the base rate.
         learning_rate: float, schedule or None. Overrides `optimizer`'s.
         multipliers: sequence of float. One learning-rate multiplier per group.
         l2_sp: float or None. L2-SP strength, see above.
@@ -123,25 +128,43 @@ class GroupedOptimizer(keras.optimizers.Optimizer):
         **kwargs,
     ):
         template = keras.optimizers.get(optimizer)
-        if isinstance(template, GroupedOptimizer):
+        if isinstance(
+            template, (GroupedOptimizer, keras.optimizers.LossScaleOptimizer)
+        ):
             raise TypeError(
-                "Expected a plain optimizer inside GroupedOptimizer. Received: "
-                f"optimizer={optimizer!r}"
+                "Expected a plain optimizer inside GroupedOptimizer (for mixed "
+                "precision, set the dtype policy: Keras adds the loss scaling). "
+                f"Received: optimizer={optimizer!r}"
             )
-        if not multipliers or not all(_positive(m) for m in multipliers):
+        values = list(multipliers) if isinstance(multipliers, Sequence) else []
+        if not values or not all(_positive(m) for m in values):
             raise ValueError(
-                "Expected `multipliers` to be positive numbers, one per group. "
-                f"Received: multipliers={multipliers!r}"
+                "Expected `multipliers` to be a sequence of positive numbers, one "
+                f"per group. Received: multipliers={multipliers!r}"
             )
-        if l2_sp is not None and not _positive(l2_sp):
+        if l2_sp is not None:
+            groups = list(anchored_groups)
+            if (
+                not _positive(l2_sp)
+                or not groups
+                or not all(isinstance(g, int) and 0 <= g < len(values) for g in groups)
+            ):
+                raise ValueError(
+                    "Expected `l2_sp` to be a positive number with "
+                    f"`anchored_groups` naming groups in [0, {len(values)}). "
+                    f"Received: l2_sp={l2_sp!r}, anchored_groups={anchored_groups!r}"
+                )
+        if kwargs.get("weight_decay") is not None:
             raise ValueError(
-                f"Expected `l2_sp` to be a positive number or None. Received: "
-                f"l2_sp={l2_sp!r}"
+                "Set `weight_decay` on the optimizer inside, so that each group "
+                "decays at its own rate. Received: "
+                f"weight_decay={kwargs['weight_decay']!r}"
             )
+        kwargs.pop("weight_decay", None)
         config = template.get_config()
         shared = {key: config.pop(key) for key in _SHARED_SETTINGS if key in config}
-        for key, value in kwargs.items():  # from_config of a saved wrapper
-            shared.setdefault(key, value)
+        # Given here (or saved by get_config), shared settings win over the inner's.
+        shared.update({k: v for k, v in kwargs.items() if k in _SHARED_SETTINGS})
         kwargs = {k: v for k, v in kwargs.items() if k not in _SHARED_SETTINGS}
         template_rate = config.pop("learning_rate")
         if learning_rate is None:
@@ -150,8 +173,9 @@ class GroupedOptimizer(keras.optimizers.Optimizer):
             learning_rate = keras.saving.deserialize_keras_object(learning_rate)
         name = name or f"grouped_{template.name}"
         super().__init__(learning_rate=learning_rate, name=name, **shared, **kwargs)
+        self._rate_scale = self.add_variable((), initializer="ones", name="rate_scale")
         self.optimizer = keras.optimizers.serialize(template)
-        self.multipliers = tuple(float(m) for m in multipliers)
+        self.multipliers = tuple(float(m) for m in values)
         self.l2_sp = None if l2_sp is None else float(l2_sp)
         self.anchored_groups = tuple(int(g) for g in anchored_groups)
         self._group_optimizers = [
@@ -164,8 +188,44 @@ class GroupedOptimizer(keras.optimizers.Optimizer):
             )
             for i, multiplier in enumerate(self.multipliers)
         ]
+        excluded = getattr(template, "_exclude_from_weight_decay", None)
+        pattern = getattr(template, "_exclude_from_weight_decay_pattern", None)
+        for group_optimizer in self._group_optimizers:
+            if excluded:
+                group_optimizer._exclude_from_weight_decay = set(excluded)
+            if pattern is not None:
+                group_optimizer._exclude_from_weight_decay_pattern = pattern
         self._group_ids = {}
         self._anchors = {}
+
+    @property
+    def learning_rate(self):
+        """The base rate (the head's), times `rate_scale`."""
+        return self._get_current_learning_rate()
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        # Set in the same units as read, so ReduceLROnPlateau composes with
+        # `rate_scale`.
+        if isinstance(value, (int, float)):
+            value = float(value) / float(self._rate_scale.numpy())
+        keras.optimizers.Optimizer.learning_rate.fset(self, value)
+
+    @property
+    def rate_scale(self) -> float:
+        """A factor on the learning rate (TransferModel's "auto" rate sets it)."""
+        return float(self._rate_scale.numpy())
+
+    @rate_scale.setter
+    def rate_scale(self, value: float) -> None:
+        if not _positive(value):
+            raise ValueError(
+                f"Expected `rate_scale` to be a positive number. Received: {value!r}"
+            )
+        self._rate_scale.assign(float(value))
+
+    def _get_current_learning_rate(self):
+        return super()._get_current_learning_rate() * self._rate_scale
 
     def _scaled_learning_rate(self, multiplier):
         def learning_rate():
@@ -270,6 +330,15 @@ class GroupedOptimizer(keras.optimizers.Optimizer):
         ):
             if group_variables:
                 optimizer.apply(group_grads, group_variables)
+
+    def _overwrite_model_variables_with_average_value(self, trainable_variables):
+        # Keras passes the model's trainable weights, a subset of the weights
+        # this optimizer was built for, in another order: match by variable.
+        for variable in trainable_variables:
+            average = self._model_variables_moving_average[
+                self._get_variable_index(variable)
+            ]
+            variable.assign(average)
 
     def get_config(self):
         return {

@@ -14,9 +14,6 @@ logger = logging.getLogger("keras_transfer")
 
 HEAD_LEARNING_RATE = 1e-3
 FINE_TUNE_LEARNING_RATE = 1e-4
-# Measured (benchmarks/fine_tune_layer_decay.py): one rate for every group does
-# as well as or better than layer decay on small, far-from-ImageNet tasks.
-DEFAULT_LAYER_DECAY = None
 
 
 class TrainingMixin:
@@ -29,14 +26,26 @@ class TrainingMixin:
     def _backbone_is_trainable(self) -> bool:
         return bool(self.backbone.trainable_weights)
 
+    def _grouped_optimizer(self) -> GroupedOptimizer | None:
+        """The model's GroupedOptimizer (inside Keras' loss scaling), or None."""
+        optimizer = getattr(self, "optimizer", None)
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+        return optimizer if isinstance(optimizer, GroupedOptimizer) else None
+
+    def _set_auto_rate_scale(self, grouped: GroupedOptimizer) -> None:
+        if self._auto_learning_rate() is not None:
+            trains = self._backbone_is_trainable()
+            grouped.rate_scale = (
+                FINE_TUNE_LEARNING_RATE / HEAD_LEARNING_RATE if trains else 1.0
+            )
+
     def _trainable_changed(self) -> None:
         if not self.compiled or self._compile_request is None:
             return
-        if isinstance(self.optimizer, GroupedOptimizer):
+        grouped = self._grouped_optimizer()
+        if grouped is not None:
             # Built for every weight: keep its state, retrace the train step.
-            rate = self._auto_learning_rate()
-            if rate is not None:
-                self.optimizer.learning_rate = rate
+            self._set_auto_rate_scale(grouped)
             self.make_train_function(force=True)
             logger.info("Trainable layers changed; optimizer state kept")
         else:
@@ -101,7 +110,10 @@ class TrainingMixin:
         if isinstance(optimizer, str):
             rate = learning_rate
             if rate is None:
-                rate = self._auto_learning_rate(optimizer, learning_rate)
+                # Grouped: the "auto" drop to 1e-4 is its rate_scale, set below.
+                rate = HEAD_LEARNING_RATE
+                if not grouped and self._backbone_is_trainable():
+                    rate = FINE_TUNE_LEARNING_RATE
             name = "adam" if optimizer == "auto" else optimizer
             optimizer = keras.optimizers.get(
                 {"class_name": name, "config": {"learning_rate": rate}}
@@ -119,7 +131,7 @@ class TrainingMixin:
             optimizer = GroupedOptimizer(
                 optimizer, multipliers, l2_sp=l2_sp, anchored_groups=range(groups)
             )
-        previous = self.optimizer if self.compiled else None
+        previous = self._grouped_optimizer() if self.compiled else None
         default_loss, default_metrics = TASKS[self.task][1:]
         super().compile(
             optimizer=optimizer,
@@ -128,18 +140,20 @@ class TrainingMixin:
             **kwargs,
         )
         self._compile_request = request
+        self._compiled_optimizer = self.optimizer
         if grouped:
-            self.optimizer.build(*self._variable_groups())
-            if isinstance(previous, GroupedOptimizer):
-                self.optimizer.keep_anchors_of(previous)
+            optimizer = self._grouped_optimizer()
+            optimizer.build(*self._variable_groups())
+            self._set_auto_rate_scale(optimizer)
+            if previous is not None:
+                optimizer.keep_anchors_of(previous)
 
-    def _auto_learning_rate(self, optimizer=None, learning_rate=None):
+    def _auto_learning_rate(self):
         """The "auto" rate for the current trainable state, or None if not auto."""
         request = self._compile_request or {}
-        optimizer = optimizer or request.get("optimizer")
-        if learning_rate is None:
-            learning_rate = request.get("learning_rate")
-        if not isinstance(optimizer, str) or learning_rate is not None:
+        if not isinstance(request.get("optimizer"), str):
+            return None
+        if request.get("learning_rate") is not None:
             return None
         if self._backbone_is_trainable():
             return FINE_TUNE_LEARNING_RATE
@@ -168,10 +182,15 @@ class TrainingMixin:
         # Callbacks that change trainable layers during fit first set up the
         # optimizer for that (see GradualUnfreeze), before any of them runs.
         callbacks = kwargs.get("callbacks", args[5] if len(args) > 5 else None)
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            callbacks = callbacks.callbacks
         for callback in callbacks or ():
             prepare = getattr(callback, "prepare_model", None)
             if prepare is not None:
                 prepare(self)
+        # BackupAndRestore sets this in on_train_begin and Keras never clears
+        # it: a later fit of the same model would skip its first epochs.
+        self._initial_epoch = None
         return super().fit(*args, **kwargs)
 
     def fine_tune(
@@ -181,12 +200,12 @@ class TrainingMixin:
         *,
         epochs: int = 5,
         freeze_epochs: int = 1,
-        layer_decay: float | None = DEFAULT_LAYER_DECAY,
+        layer_decay: float | None = None,
         l2_sp: float | None = None,
         callbacks=None,
         **kwargs,
     ) -> keras.callbacks.History:
-        """Head first, then everything at lower, discriminative rates: one call.
+        """The head first, then every layer at a lower rate: one call, one History.
 
         fastai's `fine_tune` and LP-FT (Kumar et al., 2022): `freeze_epochs`
         epochs train the new head on the frozen backbone (so its random weights
@@ -194,20 +213,22 @@ class TrainingMixin:
         trains for `epochs` more. One `fit`, so one History, and callbacks such
         as EarlyStopping, ModelCheckpoint and BackupAndRestore work as usual.
 
-        The model keeps its compile arguments (or gets `compile()`'s defaults)
-        with `layer_decay` and `l2_sp` added. With the "auto" learning rate the
-        head phase runs at 1e-3 and the rest at 1e-4; with `layer_decay=d`
-        each layer group below the head learns `d` times as fast as the one
-        above it (discriminative learning rates). The default is one rate for
-        all: on 10 images per class of digits and of Fashion-MNIST, layer decay
+        The model keeps its compile arguments (or gets `compile()`'s defaults);
+        `layer_decay` and `l2_sp`, when given, replace those. With the "auto"
+        learning rate the head phase runs at 1e-3 and the rest at 1e-4; with
+        `layer_decay=d` each layer group below the head learns `d` times as
+        fast as the one above it (discriminative learning rates). The default
+        is one rate for all: on 10 images per class of digits and of
+        Fashion-MNIST, layer decay
         did no better (`benchmarks/fine_tune_layer_decay.py`).
 
         Args:
             x, y: the training data, as for `fit`.
             epochs: int. Epochs with every layer training.
             freeze_epochs: int. Epochs of the head alone first (0 skips them).
-            layer_decay: float or None. See `compile`; None: one rate for all.
-            l2_sp: float or None. See `compile`.
+            layer_decay: float or None. See `compile`. None keeps the compiled
+                model's `layer_decay` or `lr_multipliers`, else one rate for all.
+            l2_sp: float or None. See `compile`. None keeps the compiled one.
             callbacks: list of callbacks, as for `fit`.
             **kwargs: passed to `fit` (`validation_data`, `batch_size`, ...).
 
@@ -228,9 +249,14 @@ class TrainingMixin:
                 f"freeze_epochs={freeze_epochs!r}"
             )
         request = dict(self._compile_request or {}) if self.compiled else {}
-        for key in ("layer_decay", "lr_multipliers", "l2_sp"):
-            request.pop(key, None)
-        self.compile(**request, layer_decay=layer_decay or 1.0, l2_sp=l2_sp)
+        if layer_decay is not None:
+            request.pop("lr_multipliers", None)
+            request["layer_decay"] = layer_decay
+        elif "lr_multipliers" not in request:
+            request.setdefault("layer_decay", 1.0)  # grouped, one rate
+        if l2_sp is not None:
+            request["l2_sp"] = l2_sp
+        self.compile(**request)
         schedule = GradualUnfreeze(
             at_epochs=[freeze_epochs], groups_per_step=len(self.layer_groups)
         )
@@ -244,14 +270,23 @@ class TrainingMixin:
 
     def use_grouped_optimizer(self) -> None:
         """Recompiles with a `GroupedOptimizer` unless the model already has one."""
-        if not self.compiled or self._compile_request is None:
+        if not self.compiled:
             raise ValueError(
                 "Compile the model before changing trainable layers during fit: "
                 "call `model.compile()` first."
             )
-        if not isinstance(self.optimizer, GroupedOptimizer):
-            self.compile(**self._compile_request, layer_decay=1.0)
-            logger.info("Recompiled with one optimizer per layer group")
+        if self._grouped_optimizer() is not None:
+            return
+        if self._compile_request is None or self.optimizer is not getattr(
+            self, "_compiled_optimizer", None
+        ):
+            raise ValueError(
+                "The model was compiled with keras.Model.compile, whose arguments "
+                "TransferModel does not know; compile it with `model.compile(...)` "
+                f"(optimizer, loss, metrics as before). Received: {self.optimizer!r}"
+            )
+        self.compile(**self._compile_request, layer_decay=1.0)
+        logger.info("Recompiled with one optimizer per layer group")
 
     def get_compile_config(self):
         if not self.compiled or self._compile_request is None:

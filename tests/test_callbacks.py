@@ -189,7 +189,6 @@ def test_chain_thaw_trains_one_group_at_a_time_then_all(data, caplog):
         [T, T, T, T, T],
     ]
     with caplog.at_level(logging.WARNING, logger="keras_transfer"):
-        build().compile()
         short = build()
         short.compile()
         short.fit(*data, epochs=2, verbose=0, callbacks=[kt.ChainThaw()])
@@ -234,38 +233,52 @@ class Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+def halve_at_epoch_3(epoch, rate):
+    return rate * 0.5 if epoch == 2 else rate
+
+
 def test_backup_and_restore_resumes_at_the_right_stage(data, tmp_path):
-    def run(callbacks):
-        model = build()
-        model.compile()
-        model.fit(
+    def fit(model, callbacks):
+        return model.fit(
             *data,
             epochs=6,
             batch_size=8,
             shuffle=False,
             verbose=0,
-            callbacks=[kt.GradualUnfreeze(every=2), *callbacks],
+            callbacks=[
+                *callbacks[:1],
+                keras.callbacks.LearningRateScheduler(halve_at_epoch_3),
+                *callbacks[1:],
+            ],
         )
+
+    def compiled():
+        model = build()
+        model.compile()
         return model
 
-    reference = run([])
+    reference = compiled()
+    fit(reference, [kt.GradualUnfreeze(every=2)])
     backup = str(tmp_path / "backup")
     with pytest.raises(KeyboardInterrupt):
-        run([keras.callbacks.BackupAndRestore(backup), Interrupt(3)])
+        fit(
+            compiled(),
+            [
+                kt.GradualUnfreeze(every=2),
+                keras.callbacks.BackupAndRestore(backup),
+                Interrupt(3),
+            ],
+        )
     schedule = kt.GradualUnfreeze(every=2)
-    resumed = build()
-    resumed.compile()
-    history = resumed.fit(
-        *data,
-        epochs=6,
-        batch_size=8,
-        shuffle=False,
-        verbose=0,
-        callbacks=[schedule, keras.callbacks.BackupAndRestore(backup)],
-    )
+    resumed = compiled()
+    history = fit(resumed, [schedule, keras.callbacks.BackupAndRestore(backup)])
     assert len(history.history["loss"]) == 3  # epochs 4-6 only
     assert schedule.changes[0][0] == 3
     assert schedule.changes[0][1].startswith("1 of 4 backbone groups")
+    # 1e-3, halved at epoch 3, a tenth while the backbone trains: restored as
+    # it was, not reset by the change of stage.
+    for model in (resumed, reference):
+        np.testing.assert_allclose(float(model.optimizer.learning_rate), 5e-5, 1e-6)
     for got, want in zip(group_weights(resumed), group_weights(reference), strict=True):
         for a, b in zip(got, want, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -273,6 +286,9 @@ def test_backup_and_restore_resumes_at_the_right_stage(data, tmp_path):
         resumed.optimizer.variables, reference.optimizer.variables, strict=True
     ):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    # Keras leaves the restored epoch on the model; the next fit starts at 0.
+    again = resumed.fit(*data, epochs=2, batch_size=8, verbose=0)
+    assert len(again.history["loss"]) == 2
 
 
 def test_tf_data_validation_early_stopping_and_checkpoint(data, tmp_path):
@@ -281,18 +297,27 @@ def test_tf_data_validation_early_stopping_and_checkpoint(data, tmp_path):
     model = build()
     model.compile(layer_decay=0.5)
     path = str(tmp_path / "best.keras")
+    schedule = kt.GradualUnfreeze(every=1)
     history = model.fit(
         train,
         validation_data=(x[:8], y[:8]),
-        epochs=4,
+        epochs=6,
         verbose=0,
-        callbacks=[
-            kt.GradualUnfreeze(every=1),
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=10),
-            keras.callbacks.ModelCheckpoint(path, monitor="val_loss"),
-        ],
+        callbacks=keras.callbacks.CallbackList(
+            [
+                schedule,
+                # Stops once val_loss has not improved by 10 for 2 epochs.
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=2, min_delta=10
+                ),
+                keras.callbacks.ModelCheckpoint(path, monitor="val_loss"),
+            ],
+            add_history=True,
+            model=model,
+        ),
     )
-    assert len(history.history["val_loss"]) == 4
+    assert len(history.history["val_loss"]) == 3  # stopped early
+    assert [epoch for epoch, _ in schedule.changes] == [0, 1, 2]
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, kt.TransferModel)
     assert isinstance(loaded.optimizer, kt.GroupedOptimizer)

@@ -161,3 +161,55 @@ def test_bad_build_and_arguments():
         kt.GroupedOptimizer("adam", (1.0,), l2_sp=-1)
     with pytest.raises(TypeError, match="plain optimizer"):
         kt.GroupedOptimizer(grouped, (1.0, 1.0))
+    with pytest.raises(TypeError, match="set the dtype policy"):
+        kt.GroupedOptimizer(keras.optimizers.LossScaleOptimizer(grouped), (1.0,))
+    with pytest.raises(ValueError, match="multipliers=0.5"):
+        kt.GroupedOptimizer("adam", 0.5)
+    with pytest.raises(ValueError, match=r"anchored_groups=\(\)"):
+        kt.GroupedOptimizer("adam", (1.0, 1.0), l2_sp=0.1)
+    with pytest.raises(ValueError, match=r"anchored_groups=\[2\]"):
+        kt.GroupedOptimizer("adam", (1.0, 1.0), l2_sp=0.1, anchored_groups=[2])
+    with pytest.raises(ValueError, match="weight_decay=0.1"):
+        kt.GroupedOptimizer("adam", (1.0,), weight_decay=0.1)
+
+
+def test_clipping_acts_on_all_groups_together():
+    vars_ = [keras.Variable(np.zeros(4, "float32")) for _ in range(2)]
+    grouped = kt.GroupedOptimizer(
+        keras.optimizers.SGD(1.0, global_clipnorm=0.01), (1.0, 1.0)
+    )
+    grouped.build(vars_, group_ids=[0, 1])
+    grouped.apply([np.full(4, 3.0, "float32"), np.full(4, 4.0, "float32")], vars_)
+    total = np.sqrt(sum(float(np.sum(v.numpy() ** 2)) for v in vars_))
+    np.testing.assert_allclose(total, 0.01, rtol=1e-5)  # one norm over both
+    wrapper_wins = kt.GroupedOptimizer(
+        keras.optimizers.SGD(1.0, clipnorm=5.0), (1.0,), clipnorm=1.0
+    )
+    assert wrapper_wins.clipnorm == 1.0
+
+
+def test_rate_scale_composes_with_learning_rate_assignment():
+    grouped = kt.GroupedOptimizer(keras.optimizers.Adam(1e-3), (0.5, 1.0))
+    grouped.rate_scale = 0.1
+    np.testing.assert_allclose(float(grouped.learning_rate), 1e-4, rtol=1e-6)
+    grouped.learning_rate = float(grouped.learning_rate) * 0.5  # ReduceLROnPlateau
+    np.testing.assert_allclose(float(grouped.learning_rate), 5e-5, rtol=1e-6)
+    grouped.rate_scale = 1.0
+    np.testing.assert_allclose(float(grouped.learning_rate), 5e-4, rtol=1e-6)
+    rates = [float(o.learning_rate) for o in grouped.group_optimizers]
+    np.testing.assert_allclose(rates, [2.5e-4, 5e-4], rtol=1e-6)
+    with pytest.raises(ValueError, match="Received: 0"):
+        grouped.rate_scale = 0
+
+
+def test_weight_decay_exclusions_reach_every_group():
+    template = keras.optimizers.AdamW(0.1, weight_decay=0.5)
+    template.exclude_from_weight_decay(var_names=["skip"])
+    grouped = kt.GroupedOptimizer(template, (1.0, 1.0))
+    kept = keras.Variable(np.ones(2, "float32"), name="skip_me")
+    decayed = keras.Variable(np.ones(2, "float32"), name="decay_me")
+    grouped.build([kept, decayed], group_ids=[0, 1])
+    zero = np.zeros(2, "float32")
+    grouped.apply([zero, zero], [kept, decayed])
+    np.testing.assert_allclose(kept.numpy(), 1.0)
+    np.testing.assert_allclose(decayed.numpy(), 1.0 - 0.1 * 0.5, rtol=1e-6)

@@ -149,6 +149,13 @@ def test_set_trainable_groups_by_name_and_head():
     assert trainable == ["conv1", "bn1", "conv3", "bn3"]
     with pytest.raises(ValueError, match="Received: 'top'"):
         model.set_trainable_groups(["top"])
+    model.set_trainable_groups("depth 3/4")
+    trainable = [
+        layer.name
+        for layer in kt.freezing.weighted_layers(model.backbone)
+        if layer.trainable
+    ]
+    assert trainable == ["bn2"]
 
 
 def test_rejected_grouped_compile_keeps_the_previous_one():
@@ -158,3 +165,73 @@ def test_rejected_grouped_compile_keeps_the_previous_one():
     with pytest.raises(ValueError, match="lr_multipliers"):
         model.compile(lr_multipliers=[1.0])
     assert model.optimizer is optimizer
+
+
+def test_fine_tune_keeps_the_compiled_layer_decay(data):
+    model = build()
+    model.compile(layer_decay=0.5, l2_sp=0.01)
+    model.fine_tune(*data, epochs=1, freeze_epochs=1, verbose=0)
+    assert model.optimizer.multipliers == (0.0625, 0.125, 0.25, 0.5, 1.0)
+    assert model.optimizer.l2_sp == 0.01
+    model.fine_tune(*data, epochs=1, freeze_epochs=0, layer_decay=1.0, verbose=0)
+    assert model.optimizer.multipliers == (1.0,) * 5
+
+
+def test_ema_and_gradient_accumulation_with_groups(data):
+    model = build()
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=0.5),
+        layer_decay=0.5,
+    )
+    model.fit(
+        *data,
+        epochs=2,
+        batch_size=8,
+        verbose=0,
+        callbacks=[kt.GradualUnfreeze(every=1)],
+    )
+    # At the end of fit Keras puts the moving averages in place: each weight
+    # must get its own (they were built for all weights, in another order).
+    optimizer = model.optimizer
+    for variable in model.trainable_weights:
+        index = optimizer._get_variable_index(variable)
+        np.testing.assert_array_equal(
+            variable.numpy(),
+            optimizer._model_variables_moving_average[index].numpy(),
+        )
+    accumulating = build()
+    accumulating.compile(
+        optimizer=keras.optimizers.SGD(0.1, gradient_accumulation_steps=3),
+        layer_decay=1.0,
+    )
+    accumulating.fit(*data, epochs=2, batch_size=4, verbose=0)  # 12 batches
+    head = accumulating.optimizer.group_optimizers[-1]
+    assert int(head.iterations.numpy()) == 4  # one update per 3 batches
+
+
+def test_mixed_precision(data):
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build()
+        model.compile()
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        before = group_weights(model)
+        model.fit(
+            *data,
+            epochs=2,
+            batch_size=8,
+            verbose=0,
+            callbacks=[kt.GradualUnfreeze(every=1)],
+        )
+        assert isinstance(model.optimizer.inner_optimizer, kt.GroupedOptimizer)
+        assert moved(before, group_weights(model)) == [False] * 3 + [True] * 2
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def test_a_keras_compile_is_not_silently_replaced(data):
+    model = build()
+    model.compile()
+    keras.Model.compile(model, "sgd", "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="compiled with keras.Model.compile"):
+        model.fit(*data, epochs=1, verbose=0, callbacks=[kt.GradualUnfreeze()])
