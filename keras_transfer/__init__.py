@@ -32,6 +32,7 @@ from keras_transfer.freezing import (
 from keras_transfer.heads import build_head
 from keras_transfer.model import TransferModel
 from keras_transfer.optimizers import GroupedOptimizer, group_multipliers
+from keras_transfer.widening import widen_output
 
 try:
     __version__ = version("keras-transfer")
@@ -65,6 +66,7 @@ __all__ = [
     "mobilenet_v2_torchvision",
     "pop_top",
     "resolve",
+    "widen_output",
     "zoo",
     "__version__",
 ]

@@ -52,18 +52,52 @@ def validate_head(
             f"Expected `pooling` to be 'avg', 'max', 'flatten' or None. "
             f"Received: pooling={pooling!r}"
         )
-    if isinstance(hidden_units, int):
+    if isinstance(hidden_units, (int, dict)):
         hidden_units = (hidden_units,)
-    hidden_units = tuple(hidden_units or ())
-    for units in hidden_units:
-        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-            raise ValueError(
-                "Expected `hidden_units` to be positive ints. "
-                f"Received: hidden_units={hidden_units!r}"
-            )
+    hidden_units = tuple(_validate_hidden(spec) for spec in hidden_units or ())
     if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ValueError(f"Expected `dropout` in [0, 1). Received: dropout={dropout!r}")
     return hidden_units
+
+
+_HIDDEN_KEYS = ("units", "activation", "dropout", "batchnorm")
+
+
+def _validate_hidden(spec):
+    """An int (units) or a dict of `_HIDDEN_KEYS`; returns it checked."""
+    units = spec.get("units") if isinstance(spec, dict) else spec
+    if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+        raise ValueError(
+            "Expected each entry of `hidden_units` to be a positive int or a dict "
+            "with positive int 'units' (and optional 'activation', 'dropout', "
+            f"'batchnorm'). Received: {spec!r}"
+        )
+    if not isinstance(spec, dict):
+        return spec
+    unknown = sorted(set(spec) - set(_HIDDEN_KEYS))
+    if unknown:
+        raise ValueError(
+            f"Unknown keys {unknown} in hidden layer {spec!r}; expected some of "
+            f"{list(_HIDDEN_KEYS)}."
+        )
+    dropout = spec.get("dropout")
+    if dropout is not None and (
+        isinstance(dropout, bool)
+        or not isinstance(dropout, (int, float))
+        or not 0 <= dropout < 1
+    ):
+        raise ValueError(f"Expected 'dropout' in [0, 1) or None. Received: {spec!r}")
+    if not isinstance(spec.get("batchnorm", False), bool):
+        raise ValueError(f"Expected 'batchnorm' to be a bool. Received: {spec!r}")
+    activation = spec.get("activation")
+    if activation is not None:
+        try:
+            keras.activations.get(activation)
+        except ValueError as error:
+            raise ValueError(
+                f"Expected 'activation' to name a Keras activation. Received: {spec!r}"
+            ) from error
+    return dict(spec)
 
 
 def _seed(seed, offset):
@@ -93,9 +127,12 @@ def build_head(
             (sigmoid) or `"regression"` (linear).
         pooling: str or None. How rank-4 features become a vector: `"avg"`,
             `"max"`, `"flatten"`. Ignored for rank-2 features.
-        hidden_units: tuple of int. A Dense layer (with dropout) per entry.
-        hidden_activation: str. Activation of the hidden layers.
-        dropout: float. Dropout rate before each Dense layer of the head.
+        hidden_units: tuple. A Dense layer (with dropout) per entry: its units
+            (int), or a dict with `units` and optional `activation`,
+            `dropout` and `batchnorm` (a BatchNormalization between the Dense
+            layer and its activation) overriding the defaults below.
+        hidden_activation: str. Default activation of the hidden layers.
+        dropout: float. Default dropout rate before each Dense layer of the head.
         seed: int or None. Seeds initialisers and dropout.
 
     Returns:
@@ -115,17 +152,26 @@ def build_head(
         }[pooling](x)
     elif len(x.shape) != 2:
         x = keras.layers.Flatten(name="head_pool")(x)
-    for i, units in enumerate(hidden_units, start=1):
-        if dropout:
+    for i, spec in enumerate(hidden_units, start=1):
+        spec = spec if isinstance(spec, dict) else {"units": spec}
+        rate = spec.get("dropout")
+        rate = dropout if rate is None else rate
+        activation = spec.get("activation") or hidden_activation
+        batchnorm = spec.get("batchnorm", False)
+        if rate:
             x = keras.layers.Dropout(
-                dropout, seed=_seed(seed, 100 + i), name=f"head_dropout_{i}"
+                rate, seed=_seed(seed, 100 + i), name=f"head_dropout_{i}"
             )(x)
         x = keras.layers.Dense(
-            units,
-            activation=hidden_activation,
+            spec["units"],
+            activation=None if batchnorm else activation,
+            use_bias=not batchnorm,
             kernel_initializer=keras.initializers.GlorotUniform(seed=_seed(seed, i)),
             name=f"head_dense_{i}",
         )(x)
+        if batchnorm:
+            x = keras.layers.BatchNormalization(name=f"head_batchnorm_{i}")(x)
+            x = keras.layers.Activation(activation, name=f"head_activation_{i}")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, seed=_seed(seed, 100), name="head_dropout")(x)
     activation = TASKS[task][0]

@@ -16,6 +16,51 @@ HEAD_LEARNING_RATE = 1e-3
 FINE_TUNE_LEARNING_RATE = 1e-4
 
 
+_LWF_DEFAULTS = {"temperature": 2.0, "weight": 1.0}
+
+
+def _lwf_settings(lwf) -> dict:
+    if lwf is True:
+        return dict(_LWF_DEFAULTS)
+    if isinstance(lwf, dict) and not set(lwf) - set(_LWF_DEFAULTS):
+        settings = {**_LWF_DEFAULTS, **lwf}
+        if all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+            for v in settings.values()
+        ):
+            return {key: float(value) for key, value in settings.items()}
+    raise ValueError(
+        "Expected `lwf` to be None, True, or a dict with positive 'temperature' "
+        f"and/or 'weight'. Received: lwf={lwf!r}"
+    )
+
+
+class _Distillation:
+    """The teacher of Learning without Forgetting and its loss."""
+
+    def __init__(self, teacher, old_classes):
+        self.teacher = teacher
+        self.old_classes = old_classes
+        self.settings = dict(_LWF_DEFAULTS)
+
+    def loss(self, x, y_pred):
+        ops = keras.ops
+        k = self.old_classes
+        temperature = self.settings["temperature"]
+        tiny = 1e-30  # float32 probabilities far below this are 0 to softmax
+
+        def soft_log(probabilities):
+            # log p = logit - constant per row, so this is the temperature
+            # softmax of the logits of the old classes alone, renormalised.
+            logits = ops.log(ops.maximum(ops.cast(probabilities, "float32"), tiny))
+            return ops.log_softmax(logits[:, :k] / temperature, axis=-1)
+
+        teacher = soft_log(ops.stop_gradient(self.teacher(x, training=False)))
+        student = soft_log(y_pred)
+        kl = ops.sum(ops.exp(teacher) * (teacher - student), axis=-1)
+        return self.settings["weight"] * temperature**2 * ops.mean(kl)
+
+
 class TrainingMixin:
     """`compile`, `fit` and `fine_tune` of `TransferModel` (see there).
 
@@ -178,7 +223,26 @@ class TrainingMixin:
                 variables.append(variable)
         return variables, group_ids
 
-    def fit(self, *args, **kwargs):
+    def fit(self, *args, lwf=None, **kwargs):
+        """`keras.Model.fit`, plus Learning without Forgetting.
+
+        Args:
+            *args, **kwargs: as for `keras.Model.fit`.
+            lwf: None, True, or a dict with `temperature` (default 2.0) and
+                `weight` (default 1.0). Learning without Forgetting (Li &
+                Hoiem, 2017), for a model whose output was widened (`widen`,
+                or `keep_top=True` with `extra_classes`) and that now trains
+                on data of the new classes only: the training loss gets
+                `weight * T**2 * KL(teacher || student)` between the old
+                classes' probabilities, renormalised over the old classes and
+                softened by the temperature `T`, of a frozen copy of the model
+                (the teacher, taken at the first `fit` with `lwf`, i.e. before
+                the new classes were learnt) and of the model. It keeps the
+                old classes' outputs close to the teacher's. The reported
+                `loss` includes it; validation losses do not. The teacher
+                costs one more forward pass per step.
+        """
+        self._set_distillation(lwf)
         # Callbacks that change trainable layers during fit first set up the
         # optimizer for that (see GradualUnfreeze), before any of them runs.
         callbacks = kwargs.get("callbacks", args[5] if len(args) > 5 else None)
@@ -191,7 +255,52 @@ class TrainingMixin:
         # BackupAndRestore sets this in on_train_begin and Keras never clears
         # it: a later fit of the same model would skip its first epochs.
         self._initial_epoch = None
-        return super().fit(*args, **kwargs)
+        try:
+            return super().fit(*args, **kwargs)
+        finally:
+            self._set_distillation(None)
+
+    # --- Learning without Forgetting -----------------------------------------
+
+    def _set_distillation(self, lwf) -> None:
+        settings = None if lwf is None or lwf is False else _lwf_settings(lwf)
+        if settings is not None:
+            if self.task != "multiclass" or not self.old_classes:
+                raise ValueError(
+                    "lwf applies to a softmax classifier with new output units: "
+                    "widen it first (`model.widen(new_classes)`, or keep_top=True "
+                    f"with extra_classes). Received: task={self.task!r}, "
+                    f"old_classes={self.old_classes!r}"
+                )
+            holder = self.__dict__.get("_lwf")
+            if holder is None or holder.old_classes != self.old_classes:
+                holder = _Distillation(self._frozen_copy(), self.old_classes)
+            holder.settings = settings
+            settings = holder
+        previous = self.__dict__.get("_lwf_active")
+        if previous is not settings and (previous or settings):
+            self.train_function = None  # retrace with or without the teacher
+        # Plain objects, so that Keras does not track the teacher's weights.
+        object.__setattr__(self, "_lwf_active", settings)
+        if settings is not None:
+            object.__setattr__(self, "_lwf", settings)
+
+    def _frozen_copy(self) -> keras.Model:
+        teacher = self.__class__.from_config(self.get_config())
+        teacher.set_weights(self.get_weights())
+        teacher.trainable = False
+        return teacher
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        loss = super().compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training
+        )
+        lwf = self.__dict__.get("_lwf_active")
+        if not training or lwf is None:
+            return loss
+        return loss + lwf.loss(x, y_pred)
 
     def fine_tune(
         self,

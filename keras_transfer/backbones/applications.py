@@ -81,6 +81,9 @@ def application_specs() -> list[BackboneSpec]:
         BackboneSpec(
             name=name,
             build=functools.partial(build_application, constructor),
+            build_classifier=functools.partial(
+                build_application, constructor, include_top=True
+            ),
             native_size=size,
             preprocessing=preprocessing,
             block_pattern=pattern,
@@ -145,7 +148,11 @@ def _download_error(name: str, error: Exception, cache: str) -> WeightsUnavailab
 
 
 def build_application(
-    constructor: str, input_shape: tuple[int, int, int], weights
+    constructor: str,
+    input_shape: tuple[int, int, int],
+    weights,
+    *,
+    include_top: bool = False,
 ) -> keras.Model:
     """Builds a Keras Applications network without its top and without pooling.
 
@@ -153,10 +160,14 @@ def build_application(
         constructor: str. Name of the `keras.applications` constructor.
         input_shape: tuple. `(height, width, 3)`.
         weights: `"imagenet"`, None or a path to a local weights file of the
-            network without its top (Keras' `*_notop.h5` files).
+            network as built (Keras' `*_notop.h5` files without the top).
+        include_top: bool. Build the ImageNet classifier instead (its top is
+            kept for `TransferModel(keep_top=True)`).
     """
     build = getattr(keras.applications, constructor)
-    kwargs = dict(include_top=False, input_shape=tuple(input_shape), pooling=None)
+    kwargs = dict(include_top=include_top, input_shape=tuple(input_shape))
+    if not include_top:
+        kwargs["pooling"] = None
     if weights is None:
         return build(weights=None, **kwargs)
     if weights == "imagenet":
@@ -170,16 +181,18 @@ def build_application(
                 failure = error
         # Outside the `with`: the cached files are back in place by now.
         raise _download_error(constructor, failure, cache) from failure
+    top = "with" if include_top else "without"
     path = local_weights_path(
         weights,
-        f"Pass the path of a weights file for {constructor} without its top, "
+        f"Pass the path of a weights file for {constructor} {top} its top, "
         "'imagenet' or None.",
     )
     model = build(weights=None, **kwargs)
     load_keras_weights(
         model,
         path,
-        "The file must hold the weights of the network built with "
-        "include_top=False (Keras' '*_notop.h5' files).",
+        f"The file must hold the weights of the network built with "
+        f"include_top={include_top}"
+        + ("." if include_top else " (Keras' '*_notop.h5' files)."),
     )
     return model

@@ -8,11 +8,12 @@ import os
 from collections.abc import Callable
 
 import keras
+import numpy as np
 
 from keras_transfer.backbones.backbone import Backbone
 from keras_transfer.backbones.hub import HubBackbone, is_saved_model_dir
 from keras_transfer.backbones.preprocessing import PREPROCESSING_MODES
-from keras_transfer.backbones.surgery import pop_top
+from keras_transfer.backbones.surgery import find_output_layer, pop_top
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,9 @@ class BackboneSpec:
             layer names, identifies a block; None splits by depth.
         aliases: other accepted names (the Keras constructor name).
         description: one line for listings.
+        build_classifier: callable `(input_shape, weights) -> keras.Model` or
+            None: the whole pretrained classifier, for
+            `TransferModel(keep_top=True)`.
     """
 
     name: str
@@ -39,6 +43,9 @@ class BackboneSpec:
     block_pattern: str | None = None
     aliases: tuple[str, ...] = ()
     description: str = ""
+    build_classifier: Callable[[tuple[int, int, int], object], keras.Model] | None = (
+        None
+    )
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -218,29 +225,105 @@ def resolve(
         if input_shape is None:
             input_shape = (spec.native_size, spec.native_size, 3)
         model = spec.build(tuple(input_shape), weights)
-        return Backbone(
-            model,
-            preprocessing=preprocessing or spec.preprocessing,
-            block_pattern=spec.block_pattern,
-            native_size=spec.native_size,
-            spec_name=spec.name,
-            batchnorm=batchnorm,
-            name="backbone",
-        )
-    if isinstance(backbone, (str, os.PathLike)):
-        model = _load_model_file(os.fspath(backbone))
-    elif isinstance(backbone, keras.Model):
-        model = _clone(backbone)
-    else:
-        raise TypeError(
-            "Expected `backbone` to be a backbone name, a keras.Model or a model "
-            f"file path. Received: backbone={backbone!r} of type "
-            f"{type(backbone).__name__}"
-        )
-    model = pop_top(model, cut_at=cut_at)
+        return _named_backbone(model, spec, preprocessing, batchnorm)
+    model = pop_top(_user_model(backbone), cut_at=cut_at)
     return Backbone(
         model,
         preprocessing=preprocessing or "none",
         batchnorm=batchnorm,
         name="backbone",
     )
+
+
+def _named_backbone(model, spec, preprocessing, batchnorm) -> Backbone:
+    return Backbone(
+        model,
+        preprocessing=preprocessing or spec.preprocessing,
+        block_pattern=spec.block_pattern,
+        native_size=spec.native_size,
+        spec_name=spec.name,
+        batchnorm=batchnorm,
+        name="backbone",
+    )
+
+
+def _user_model(backbone) -> keras.Model:
+    """A private copy of the user's model, or the model in the user's file."""
+    if isinstance(backbone, (str, os.PathLike)):
+        return _load_model_file(os.fspath(backbone))
+    if isinstance(backbone, keras.Model):
+        return _clone(backbone)
+    raise TypeError(
+        "Expected `backbone` to be a backbone name, a keras.Model or a model "
+        f"file path. Received: backbone={backbone!r} of type "
+        f"{type(backbone).__name__}"
+    )
+
+
+def resolve_classifier(
+    backbone: str | keras.Model,
+    *,
+    weights: str | None = "imagenet",
+    input_shape: tuple[int, int, int] | None = None,
+    cut_at: str | int | None = None,
+    preprocessing: str | None = None,
+    batchnorm: str = "frozen",
+):
+    """Like `resolve`, but also returns the weights of the classifier it removes.
+
+    For `TransferModel(keep_top=True)`: the pretrained output layer lives on,
+    widened, as the new head's output layer.
+
+    Args:
+        backbone: str or keras.Model. A registered name whose spec can build
+            the whole classifier, a classifier model, or its `.keras`/`.h5` file.
+        weights, input_shape, preprocessing, batchnorm: as for `resolve`.
+        cut_at: str, int or None. As for `resolve`: the output layer is the
+            first layer above the cut, which must be the Dense or 1x1
+            convolution the outputs come from.
+
+    Returns:
+        `(backbone_layer, kernel, bias)`: the `Backbone` and the output layer's
+        weights as numpy arrays of shapes `(features, classes)` and
+        `(classes,)`.
+    """
+    if isinstance(backbone, str) and (
+        backbone.startswith("hub:") or is_saved_model_dir(backbone)
+    ):
+        raise ValueError(
+            "keep_top=True needs a Keras classifier; TF-Hub and SavedModel "
+            f"backbones are feature extractors. Received: backbone={backbone!r}"
+        )
+    if isinstance(backbone, str) and not _looks_like_path(backbone):
+        spec = get_spec(backbone)
+        if spec.build_classifier is None:
+            raise ValueError(
+                f"Backbone {spec.name!r} has no classifier to keep; pass "
+                "keep_top=False, or the classifier model itself."
+            )
+        if input_shape is None:
+            input_shape = (spec.native_size, spec.native_size, 3)
+        classifier = spec.build_classifier(tuple(input_shape), weights)
+    else:
+        spec = None
+        classifier = _user_model(backbone)
+    top = find_output_layer(classifier)
+    kernel, *rest = (keras.ops.convert_to_numpy(w) for w in top.weights)
+    kernel = kernel.reshape(-1, kernel.shape[-1])
+    bias = rest[0] if rest else np.zeros(kernel.shape[-1], kernel.dtype)
+    features = pop_top(classifier, cut_at=cut_at)
+    if features.outputs[0].shape[-1] != kernel.shape[0]:
+        raise ValueError(
+            f"The cut at {cut_at!r} gives {features.outputs[0].shape[-1]} "
+            f"features, but the output layer {top.name!r} takes {kernel.shape[0]}; "
+            "with keep_top=True cut just below the output layer (cut_at=None)."
+        )
+    if spec is not None:
+        return _named_backbone(features, spec, preprocessing, batchnorm), kernel, bias
+    layer = Backbone(
+        features,
+        preprocessing=preprocessing or "none",
+        batchnorm=batchnorm,
+        name="backbone",
+    )
+    return layer, kernel, bias

@@ -177,10 +177,11 @@ def efficientnet_lite(
     )
 
 
-def _build_backbone(variant, input_shape, weights):
+def _build_backbone(variant, input_shape, weights, include_top=False):
     return efficientnet_lite(
         variant,
-        include_top=False,
+        include_top=include_top,
+        classifier_activation=None,
         weights=weights,
         input_shape=input_shape,
         include_preprocessing=False,
@@ -192,6 +193,9 @@ def backbone_specs() -> list[BackboneSpec]:
         BackboneSpec(
             name=f"efficientnet_lite{variant}",
             build=functools.partial(_build_backbone, variant),
+            build_classifier=functools.partial(
+                _build_backbone, variant, include_top=True
+            ),
             native_size=size,
             preprocessing="efficientnet_lite",
             block_pattern=r"^block(\d+)",

@@ -10,6 +10,7 @@ their way.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import keras
@@ -132,9 +133,10 @@ def mobilenet_v2_torchvision(
     )
 
 
-def _build_backbone(input_shape, weights):
+def _build_backbone(input_shape, weights, include_top=False):
     return mobilenet_v2_torchvision(
-        include_top=False,
+        include_top=include_top,
+        classifier_activation=None,
         weights=weights,
         input_shape=input_shape,
         include_preprocessing=False,
@@ -146,6 +148,7 @@ def backbone_specs() -> list[BackboneSpec]:
         BackboneSpec(
             name="mobilenet_v2_torchvision",
             build=_build_backbone,
+            build_classifier=functools.partial(_build_backbone, include_top=True),
             native_size=224,
             preprocessing="torch",
             block_pattern=r"^block(\d+)",
