@@ -96,3 +96,37 @@ def test_fine_tune_schedules_example_trains_and_resumes(tmp_path):
     assert "resumed at epoch 6 with 2 of 8 backbone groups trainable" in stdout
     model = keras.saving.load_model(str(tmp_path / "digits_gradual.keras"))
     assert isinstance(model.optimizer, kt.GroupedOptimizer)
+
+
+@pytest.mark.slow
+def test_add_classes_lwf_prints_its_table(tmp_path):
+    stdout = run_example_offline(
+        "add_classes_lwf.py",
+        tmp_path,
+        "--dataset",
+        "digits",
+        "--size",
+        "32",
+        "--per-class",
+        "20",
+        "--test-per-class",
+        "30",
+        "--epochs",
+        "3",
+        "--new-epochs",
+        "2",
+        "--rehearsal",
+        "5",
+    )
+    rows = re.findall(
+        r"^\| ([^|]+) \| (\d\.\d+) \| (-|\d\.\d+) \| (\d\.\d+) \|$", stdout, re.M
+    )
+    assert [row[0] for row in rows] == [
+        "before (7 classes)",
+        "plain fine-tuning",
+        "Learning without Forgetting",
+        "plain + 5 old images per class",
+        "LwF + 5 old images per class",
+    ]
+    # New classes are learnt by every recipe (chance is 0.1 over 10 outputs).
+    assert all(float(row[2]) > 0.3 for row in rows[1:])
