@@ -326,3 +326,19 @@ def test_add_hidden_layers_keeps_other_weights(images, tmp_path):
         model.add_hidden_layers(())
     with pytest.raises(ValueError, match="hidden_units"):
         model.add_hidden_layers(0)
+
+
+def test_keep_top_of_a_named_keras_application(images):
+    model = kt.TransferModel(
+        "mobilenet_v3_small",
+        weights=None,
+        keep_top=True,
+        extra_classes=2,
+        input_shape=(SIZE * 2, SIZE * 2, 3),
+    )
+    assert model.num_classes == 1002 and model.old_classes == 1000
+    # Random weights: the names are not ImageNet's.
+    assert model.class_names[:2] == ["class_0", "class_1"]
+    assert model.class_names[-2:] == ["class_1000", "class_1001"]
+    with pytest.raises(ValueError, match="TF-Hub"):
+        kt.TransferModel("hub:/no/such/model", keep_top=True, input_shape=(8, 8, 3))
