@@ -23,6 +23,11 @@ from keras_transfer.backbones.zoo import (
     mobilenet_v2_torchvision,
 )
 from keras_transfer.callbacks import ChainThaw, GradualUnfreeze, UnfreezeSchedule
+from keras_transfer.estimators import (
+    TransferClassifier,
+    TransferFeatures,
+    TransferRegressor,
+)
 from keras_transfer.freezing import (
     LayerGroup,
     StrategyDecision,
@@ -48,7 +53,10 @@ __all__ = [
     "ImagePreprocessing",
     "LayerGroup",
     "StrategyDecision",
+    "TransferClassifier",
+    "TransferFeatures",
     "TransferModel",
+    "TransferRegressor",
     "UnfreezeSchedule",
     "UnsafeCheckpointError",
     "WeightsUnavailableError",

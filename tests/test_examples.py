@@ -130,3 +130,28 @@ def test_add_classes_lwf_prints_its_table(tmp_path):
     ]
     # New classes are learnt by every recipe (chance is 0.1 over 10 outputs).
     assert all(float(row[2]) > 0.3 for row in rows[1:])
+
+
+@pytest.mark.slow
+def test_sklearn_grid_search_runs_offline(tmp_path):
+    stdout = run_example_offline(
+        "sklearn_grid_search.py",
+        tmp_path,
+        "--dataset",
+        "digits",
+        "--per-class",
+        "6",
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--test-size",
+        "60",
+    )
+    assert "is_classifier: True, so cv=3 is StratifiedKFold" in stdout
+    rows = re.findall(r"^\| (Transfer[^|]+) \| (\d\.\d+) \|$", stdout, re.M)
+    assert [name for name, _ in rows] == [
+        "TransferFeatures + LogisticRegression",
+        "TransferClassifier (head only)",
+    ]
+    assert float(rows[0][1]) > 0.2  # chance is 0.1
