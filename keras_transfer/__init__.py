@@ -37,6 +37,7 @@ from keras_transfer.freezing import (
 from keras_transfer.heads import build_head
 from keras_transfer.model import TransferModel
 from keras_transfer.optimizers import GroupedOptimizer, group_multipliers
+from keras_transfer.serving import export_for_serving
 from keras_transfer.widening import widen_output
 
 try:
@@ -65,6 +66,7 @@ __all__ = [
     "choose_strategy",
     "decode_imagenet",
     "efficientnet_lite",
+    "export_for_serving",
     "imagenet_class_names",
     "find_output_layer",
     "group_multipliers",

@@ -20,6 +20,7 @@ from keras_transfer.freezing import (
     weighted_layer_paths,
 )
 from keras_transfer.heads import build_head, validate_head
+from keras_transfer.serving import export_for_serving
 from keras_transfer.training import TrainingMixin
 from keras_transfer.widening import (
     _widen_columns,
@@ -524,6 +525,10 @@ class TransferModel(TrainingMixin, keras.Model):
                 f"Received: {decision!r}"
             )
         logger.info("Applied strategy %s", decision)
+
+    def export_for_serving(self, base_dir: str, **kwargs) -> str:
+        """Writes a TF Serving version folder; see `export_for_serving`."""
+        return export_for_serving(self, base_dir, **kwargs)
 
     # --- Config ---------------------------------------------------------------
 

@@ -155,3 +155,14 @@ def test_sklearn_grid_search_runs_offline(tmp_path):
         "TransferClassifier (head only)",
     ]
     assert float(rows[0][1]) > 0.2  # chance is 0.1
+
+
+@pytest.mark.slow
+def test_export_serving_example_answers_like_predict(tmp_path):
+    stdout = run_example_offline(
+        "export_serving.py", tmp_path, "--out", str(tmp_path), "--epochs", "2"
+    )
+    differences = re.findall(r"max \|served - predict\| = (\S+)", stdout)
+    assert len(differences) == 2 and all(float(d) < 1e-5 for d in differences)
+    assert "variables unchanged after three serving calls: True" in stdout
+    assert os.path.isfile(tmp_path / "digits" / "1" / "assets" / "labels.txt")
