@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from keras_transfer import datasets
+from keras_transfer import datasets, demo
 from keras_transfer.backbones import (
     Backbone,
     BackboneSpec,
@@ -63,6 +63,7 @@ __all__ = [
     "WeightsUnavailableError",
     "build_head",
     "datasets",
+    "demo",
     "choose_strategy",
     "decode_imagenet",
     "efficientnet_lite",

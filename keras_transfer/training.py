@@ -339,7 +339,8 @@ class TrainingMixin:
                 model's `layer_decay` or `lr_multipliers`, else one rate for all.
             l2_sp: float or None. See `compile`. None keeps the compiled one.
             callbacks: list of callbacks, as for `fit`.
-            **kwargs: passed to `fit` (`validation_data`, `batch_size`, ...).
+            **kwargs: passed to `fit` (`validation_data`, `batch_size`, `lwf`,
+                ...).
 
         Returns:
             The `History` of both phases, epochs numbered on.

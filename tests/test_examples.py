@@ -31,17 +31,57 @@ def run_example_offline(name, keras_home, *args):
 
 
 @pytest.mark.slow
-def test_quickstart_runs_offline_end_to_end(tmp_path):
-    stdout = run_example_offline("quickstart.py", tmp_path, "--out", str(tmp_path))
-    rows = re.findall(r"^\| (.+?) \| (0\.\d+|1\.0+) \|$", stdout, re.M)
-    assert [name.split(" (")[0] for name, _ in rows] == [
-        "from scratch",
-        "transfer: new head on frozen EfficientNet-Lite0",
-        "transfer: + fine-tune all layers",
-    ]
-    # Far better than chance (0.1) for every recipe on 1,697 held-out images.
-    assert all(float(accuracy) > 0.5 for _, accuracy in rows)
-    model = keras.saving.load_model(str(tmp_path / "digits_transfer.keras"))
+def test_demo_runs_offline_and_writes_its_report(tmp_path):
+    env = dict(
+        os.environ,
+        KERAS_HOME=str(tmp_path / "keras_home"),
+        http_proxy="http://127.0.0.1:9",
+        https_proxy="http://127.0.0.1:9",
+    )
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_transfer.cli",
+            "demo",
+            "--dataset",
+            "digits",
+            "--per-class",
+            "3",
+            "--test-size",
+            "60",
+            "--image-size",
+            "32",
+            "--head-epochs",
+            "3",
+            "--fine-tune-epochs",
+            "1",
+            "--scratch-epochs",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = re.findall(
+        r"^\| ((?:from|transfer)[^|]+) \| (\d\.\d+) \|", result.stdout, re.M
+    )
+    assert [name for name, _ in rows] == list(kt.demo.RECIPES)
+    for name in (
+        "report.md",
+        "training_curves.png",
+        "confusion_matrix.png",
+        "history.csv",
+        "model.keras",
+    ):
+        assert (out / name).is_file(), name
+    assert "![training curves](training_curves.png)" in (out / "report.md").read_text()
+    model = keras.saving.load_model(str(out / "model.keras"))
     assert type(model) is kt.TransferModel and model.num_classes == 10
     assert model.backbone.spec_name == "efficientnet_lite0"
 

@@ -242,7 +242,7 @@ def test_lwf_keeps_old_class_outputs_that_plain_training_forgets():
     assert len(distilled.weights) == len(teacher.weights) + 0
 
 
-def test_lwf_adds_the_distillation_term_only_in_training(images):
+def test_lwf_adds_the_distillation_term_only_in_training(images, tmp_path):
     model = transfer_model().widen(2)
     model.compile()
     y = np.full(len(images), 3)
@@ -257,6 +257,14 @@ def test_lwf_adds_the_distillation_term_only_in_training(images):
     plain = model.evaluate(images, y, verbose=0, return_dict=True)["loss"]
     model.fit(images, y, epochs=1, verbose=0, lwf=True)
     assert model.__dict__["_lwf_active"] is None  # off again after fit
+    # The teacher is not part of the model: saving keeps only the model.
+    path = tmp_path / "lwf.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert len(loaded.weights) == len(model.weights)
+    np.testing.assert_allclose(
+        loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6
+    )
     assert np.isfinite(model.evaluate(images, y, verbose=0, return_dict=True)["loss"])
     assert np.isfinite(plain)
 

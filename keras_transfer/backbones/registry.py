@@ -54,6 +54,11 @@ _LOOKUP: dict[str, str] = {}
 
 def register(spec: BackboneSpec, *, overwrite: bool = False) -> BackboneSpec:
     """Adds a backbone to the registry so every entry point accepts its name."""
+    _ensure_builtins()  # so a name taken by a builtin is seen as taken
+    return _add(spec, overwrite)
+
+
+def _add(spec: BackboneSpec, overwrite: bool) -> BackboneSpec:
     if spec.preprocessing not in PREPROCESSING_MODES:
         raise ValueError(
             f"Expected `preprocessing` to be one of {PREPROCESSING_MODES}. "
@@ -71,24 +76,32 @@ def register(spec: BackboneSpec, *, overwrite: bool = False) -> BackboneSpec:
     return spec
 
 
-def _ensure_builtins() -> None:
-    if not _REGISTRY:
-        # Modules by full path: the zoo package re-exports functions of the
-        # same names as these modules.
-        from keras_transfer.backbones.applications import application_specs
-        from keras_transfer.backbones.zoo.efficientnet_lite import (
-            backbone_specs as efficientnet_lite_specs,
-        )
-        from keras_transfer.backbones.zoo.mobilenet_v2_torchvision import (
-            backbone_specs as mobilenet_v2_torchvision_specs,
-        )
+_BUILTINS: list[BackboneSpec] = []
 
-        for spec in (
-            *efficientnet_lite_specs(),
-            *mobilenet_v2_torchvision_specs(),
-            *application_specs(),
-        ):
-            register(spec)
+
+def _ensure_builtins() -> None:
+    """Registers the built-in backbones once, on first use of the registry."""
+    if _BUILTINS:
+        return
+    # Modules by full path: the zoo package re-exports functions of the same
+    # names as these modules.
+    from keras_transfer.backbones.applications import application_specs
+    from keras_transfer.backbones.zoo.efficientnet_lite import (
+        backbone_specs as efficientnet_lite_specs,
+    )
+    from keras_transfer.backbones.zoo.mobilenet_v2_torchvision import (
+        backbone_specs as mobilenet_v2_torchvision_specs,
+    )
+
+    specs = [
+        *efficientnet_lite_specs(),
+        *mobilenet_v2_torchvision_specs(),
+        *application_specs(),
+    ]
+    for spec in specs:
+        if spec.name not in _REGISTRY:  # a user's spec registered first wins
+            _add(spec, overwrite=False)
+    _BUILTINS.extend(specs)
 
 
 def list_backbones() -> list[str]:

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import time
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import SIZE, make_classifier
 
+import keras_transfer as kt
 from keras_transfer.backbones import (
     Backbone,
     WeightsUnavailableError,
@@ -136,3 +138,24 @@ def test_backbone_layer_round_trip(tmp_path):
     )
     assert isinstance(loaded.layers[1], Backbone)
     assert loaded.layers[1].preprocessing == "tf"
+
+
+def test_registering_a_backbone_first_keeps_the_builtins(monkeypatch):
+    from keras_transfer.backbones import registry
+
+    # A fresh process: nothing registered yet.
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_LOOKUP", {})
+    monkeypatch.setattr(registry, "_BUILTINS", [])
+    mine = kt.BackboneSpec(
+        name="my_net",
+        build=lambda shape, weights: None,
+        native_size=32,
+        preprocessing="none",
+    )
+    kt.backbones.register(mine)
+    assert kt.backbones.get_spec("my_net") is mine
+    assert kt.backbones.get_spec("mobilenet_v3_small").native_size == 224
+    assert "efficientnet_lite0" in kt.list_backbones()
+    with pytest.raises(ValueError, match="already registered"):
+        kt.backbones.register(dataclasses.replace(mine, name="efficientnet_lite0"))
