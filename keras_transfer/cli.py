@@ -282,11 +282,16 @@ def _fit(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     model_path = os.path.join(args.out, MODEL_FILE)
     recorder = _Recorder()
+    # The lowest loss picks the best epoch (accuracy on a small validation set
+    # ties early, at a model that has barely trained).
     monitor = "val_accuracy" if validation else "accuracy"
     callbacks = [
         recorder.callback,
         keras.callbacks.ModelCheckpoint(
-            model_path, monitor=monitor, mode="max", save_best_only=True
+            model_path,
+            monitor="val_loss" if validation else "loss",
+            mode="min",
+            save_best_only=True,
         ),
     ]
     train_data = make_dataset(

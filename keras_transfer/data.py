@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -74,8 +75,9 @@ def read_image(path: str, size: tuple[int, int], channels: int) -> np.ndarray:
         data = tf.io.read_file(path)
         image = tf.io.decode_image(data, channels=channels, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        reason = message or type(error).__name__
+        # TensorFlow wraps the decoder's words in op details: keep the words.
+        message = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", str(error)).strip()
+        reason = message.splitlines()[0] if message else type(error).__name__
         raise ValueError(f"not a readable image ({reason})") from None
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError("empty image")
