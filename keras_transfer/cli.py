@@ -20,6 +20,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from keras_transfer.backbones.weights import WeightsUnavailableError  # noqa: E402
+from keras_transfer.backbones.zoo.torch_checkpoint import (  # noqa: E402
+    UnsafeCheckpointError,
+)
+
 MODEL_FILE = "model.keras"
 STRATEGIES = ("auto", "head_only", "fine_tune", "gradual")
 
@@ -113,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--learning-rate", type=float, default=None)
     fit.add_argument("--seed", type=int, default=None, help="makes runs repeatable")
     fit.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
+    fit.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in an --out folder that holds one",
+    )
 
     predict = commands.add_parser("predict", help="classify image files")
     predict.add_argument("run", help="run folder written by `fit` (or a .keras file)")
@@ -178,7 +188,13 @@ def main(argv=None) -> int:
         return run_demo(args)
     except UsageError as error:
         parser.error(str(error))  # exits 2
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
+    except (
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+        WeightsUnavailableError,
+        UnsafeCheckpointError,
+    ) as error:
         print(f"keras-transfer {args.command}: error: {error}", file=sys.stderr)
         return 1
 
@@ -228,6 +244,12 @@ def _fit(args) -> int:
         raise UsageError(f"--validation folder not found: {args.validation!r}")
     if not os.path.isdir(args.data):
         raise UsageError(f"data folder not found: {args.data!r}")
+    previous = os.path.join(args.out, MODEL_FILE)
+    if os.path.exists(previous) and not args.overwrite:
+        raise UsageError(
+            f"{args.out!r} already holds a run ({previous}); pass --overwrite to "
+            "replace it, or another --out folder"
+        )
     size = args.image_size or _default_size(args.backbone)
     channels = 1 if args.grayscale else 3
 
@@ -281,6 +303,8 @@ def _fit(args) -> int:
         print(f"strategy: {strategy} (chosen)")
     os.makedirs(args.out, exist_ok=True)
     model_path = os.path.join(args.out, MODEL_FILE)
+    if os.path.exists(model_path):  # --overwrite: never report the old model
+        os.remove(model_path)
     recorder = _Recorder()
     # The lowest loss picks the best epoch (accuracy on a small validation set
     # ties early, at a model that has barely trained).
@@ -442,6 +466,11 @@ def _load_run(run: str):
         )
     model = keras.saving.load_model(path)
     shape = model.inputs[0].shape
+    if len(shape) != 4 or None in shape[1:]:
+        raise UsageError(
+            f"{path} takes inputs of shape {tuple(shape)}; the command needs a "
+            "model of fixed-size images (batch, height, width, channels)"
+        )
     return model, (int(shape[1]), int(shape[2])), int(shape[3])
 
 
@@ -495,6 +524,13 @@ def _evaluate(args) -> int:
     model, size, channels = _load_run(args.run)
     names = getattr(model, "class_names", None)
     data = load_image_folder(args.data, size, channels=channels, class_names=names)
+    outputs = int(model.outputs[0].shape[-1])
+    if outputs != len(data.class_names):
+        raise UsageError(
+            f"the model has {outputs} outputs but {args.data!r} has "
+            f"{len(data.class_names)} class folders; evaluate a model trained on "
+            "these classes"
+        )
     _print_skipped(data.skipped)
     probabilities = model.predict(make_dataset(data.images), verbose=0)
     predicted = probabilities.argmax(axis=1)

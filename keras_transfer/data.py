@@ -74,7 +74,7 @@ def read_image(path: str, size: tuple[int, int], channels: int) -> np.ndarray:
     try:
         data = tf.io.read_file(path)
         image = tf.io.decode_image(data, channels=channels, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
+    except tf.errors.OpError as error:  # corrupt, missing, unreadable, a folder
         # TensorFlow wraps the decoder's words in op details: keep the words.
         message = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", str(error)).strip()
         reason = message.splitlines()[0] if message else type(error).__name__

@@ -63,10 +63,12 @@ def reestimate_batchnorm(model, images) -> None:
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
     momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.momentum = 0.0
     try:
-        model(images, training=True)
+        # Chunk i weighs 1 / (i + 1): the mean of the chunks' statistics.
+        for i, start in enumerate(range(0, len(images), 256)):
+            for layer in layers:
+                layer.momentum = i / (i + 1)
+            model(images[start : start + 256], training=True)
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum

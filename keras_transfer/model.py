@@ -454,8 +454,9 @@ class TransferModel(TrainingMixin, keras.Model):
 
         The backbone and the existing hidden layers keep their trained weights
         and frozen state; the new layers and the output layer (whose input
-        changed) are freshly initialised; `class_names` and `old_classes` stay.
-        This model is not changed.
+        changed) are freshly initialised; `class_names` stay, `old_classes` is
+        reset (no output is kept, so there is nothing for LwF to keep). This
+        model is not changed.
 
         Args:
             units: int or sequence of int. One Dense layer per entry.

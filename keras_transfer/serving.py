@@ -262,6 +262,7 @@ def export_for_serving(
             f"Version {version} already exists at {target}; pass overwrite=True to "
             "replace it, or another version (None takes the next one)."
         )
+    created = not os.path.isdir(base_dir)
     os.makedirs(base_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".export-{version}-", dir=base_dir)
     try:
@@ -284,6 +285,8 @@ def export_for_serving(
         _move_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(base_dir, ignore_errors=True)
         raise
     return target
 

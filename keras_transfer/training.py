@@ -238,9 +238,11 @@ class TrainingMixin:
                 softened by the temperature `T`, of a frozen copy of the model
                 (the teacher, taken at the first `fit` with `lwf`, i.e. before
                 the new classes were learnt) and of the model. It keeps the
-                old classes' outputs close to the teacher's. The reported
-                `loss` includes it; validation losses do not. The teacher
-                costs one more forward pass per step.
+                old classes' outputs close to the teacher's. The term is an
+                unweighted mean over the batch (sample and class weights
+                apply to the usual loss only). The reported `loss` includes
+                it; validation losses do not. The teacher costs one more
+                forward pass per step.
         """
         self._set_distillation(lwf)
         # Callbacks that change trainable layers during fit first set up the

@@ -14,7 +14,7 @@ from keras_transfer.backbones.surgery import _producer, find_output_layer
 
 
 def new_class_names(new_classes, taken: list[str]) -> list[str]:
-    """Names of the classes to add: given ones, or `new_class_<i>` for a count."""
+    """Names of the classes to add: given ones, or `class_<i>` for a count."""
     if isinstance(new_classes, bool) or not isinstance(new_classes, (int, list, tuple)):
         raise TypeError(
             "Expected `new_classes` to be a positive int (how many classes to add) "
@@ -27,8 +27,12 @@ def new_class_names(new_classes, taken: list[str]) -> list[str]:
                 "Expected `new_classes` to be a positive int or a non-empty list "
                 f"of names. Received: new_classes={new_classes}"
             )
-        start = len(taken)
-        return [f"class_{start + i}" for i in range(new_classes)]
+        names, index = [], len(taken)
+        while len(names) < new_classes:  # class_<i>, skipping names in use
+            if f"class_{index}" not in taken:
+                names.append(f"class_{index}")
+            index += 1
+        return names
     names = list(new_classes)
     if not names or not all(isinstance(name, str) and name for name in names):
         raise ValueError(
@@ -175,6 +179,8 @@ def with_hidden_layers(model, units, activation, dropout, batchnorm, seed):
     config = model.get_config()
     config["hidden_units"] = list(config["hidden_units"]) + specs
     config["class_names"] = model.class_names
+    # The output layer is new: none of its outputs is an "old" one to keep.
+    config["old_classes"] = None
     if seed is not None:
         config["seed"] = seed
     deeper = model.__class__.from_config(config)
@@ -186,4 +192,9 @@ def with_hidden_layers(model, units, activation, dropout, batchnorm, seed):
 def _compile_like(source, target) -> None:
     request = getattr(source, "_compile_request", None)
     if source.compiled and request is not None:
+        request = dict(request)
+        optimizer = request.get("optimizer")
+        if isinstance(optimizer, keras.optimizers.Optimizer):
+            # Its own copy: an optimizer is built for one model's variables.
+            request["optimizer"] = optimizer.from_config(optimizer.get_config())
         target.compile(**request)

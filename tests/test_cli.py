@@ -60,7 +60,7 @@ def run(*args, check=True):
     return result
 
 
-def _fit(workspace, out, *extra):
+def _fit(workspace, out, *extra, check=True):
     return run(
         "fit",
         workspace / "train",
@@ -77,6 +77,7 @@ def _fit(workspace, out, *extra):
         "--learning-rate",
         0.02,
         *extra,
+        check=check,
     )
 
 
@@ -118,6 +119,16 @@ def test_fit_predict_evaluate_export(workspace, tmp_path):
     result = json.loads(evaluated.stdout)
     assert result["images"] == 12 and set(result["per_class_accuracy"]) == set(CLASSES)
     assert np.array(result["confusion_matrix"]).sum() == 12
+
+    again = _fit(workspace, out, check=False)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    other = tmp_path / "other"
+    (other / "a").mkdir(parents=True)
+    (other / "b").mkdir()
+    for name in ("a", "b"):
+        _write_png(other / name / "0.png", np.zeros((8, 8, 3)))
+    mismatch = run("evaluate", out, other, check=False)
+    assert mismatch.returncode == 1 and "no folder for classes" in mismatch.stderr
 
     exported = run("export", out, tmp_path / "models")
     assert (tmp_path / "models" / "1" / "saved_model.pb").is_file()

@@ -27,3 +27,11 @@ def test_load_digits_is_a_ten_shot_image_task_in_pixel_range():
     assert np.bincount(y_train).tolist() == [10] * 10
     assert len(x_test) == 1797 - 100 and len(y_test) == len(x_test)
     assert x_train.min() == 0 and x_train.max() == 255
+
+
+def test_read_image_refuses_a_folder_and_a_missing_file(tmp_path):
+    from keras_transfer.data import read_image
+
+    for path in (tmp_path, tmp_path / "missing.png"):
+        with pytest.raises(ValueError, match="not a readable image"):
+            read_image(str(path), (8, 8), 3)

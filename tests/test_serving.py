@@ -155,7 +155,12 @@ def test_a_failed_export_leaves_nothing_behind(exported, tmp_path, monkeypatch):
     monkeypatch.setattr(archive_class, "write_out", write_half_then_fail)
     with pytest.raises(OSError, match="disk full"):
         model.export_for_serving(str(base))
-    assert os.listdir(base) == []
+    assert not base.exists()  # the folder it created is gone too
+    base.mkdir()
+    (base / "1").mkdir()
+    with pytest.raises(OSError, match="disk full"):
+        model.export_for_serving(str(base))
+    assert os.listdir(base) == ["1"]  # a folder that existed stays, as it was
 
 
 def test_saved_model_cli_shows_and_runs_the_signatures(exported, tmp_path):

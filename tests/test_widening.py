@@ -350,3 +350,19 @@ def test_keep_top_of_a_named_keras_application(images):
     assert model.class_names[-2:] == ["class_1000", "class_1001"]
     with pytest.raises(ValueError, match="TF-Hub"):
         kt.TransferModel("hub:/no/such/model", keep_top=True, input_shape=(8, 8, 3))
+
+
+def test_copies_get_their_own_optimizer_and_fresh_names():
+    model = transfer_model(class_names=["a", "class_3", "b"])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    wide = model.widen(2)
+    assert wide.class_names[-2:] == ["class_4", "class_5"]  # class_3 is taken
+    assert wide.optimizer is not model.optimizer
+    x = np.random.default_rng(0).uniform(0, 255, (4, SIZE, SIZE, 3))
+    wide.fit(x, np.array([3, 4, 0, 1]), epochs=1, verbose=0)
+    model.fit(x, np.array([0, 1, 2, 0]), epochs=1, verbose=0)  # still trains
+    deeper = wide.add_hidden_layers(4)
+    assert deeper.old_classes is None  # a new output layer keeps nothing
+    with pytest.raises(ValueError, match="widen it first"):
+        deeper.compile()
+        deeper.fit(x, np.zeros(4), epochs=1, verbose=0, lwf=True)

@@ -69,6 +69,13 @@ def _add(spec: BackboneSpec, overwrite: bool) -> BackboneSpec:
             f"A backbone named {spec.name!r} is already registered; pass "
             "overwrite=True to replace it."
         )
+    keys = {k for key in (spec.name, *spec.aliases) for k in (key, key.lower())}
+    taken = sorted(k for k in keys if _LOOKUP.get(k, spec.name) != spec.name)
+    if taken and not overwrite:
+        raise ValueError(
+            f"Names {taken} of backbone {spec.name!r} already stand for other "
+            "backbones; choose other aliases or pass overwrite=True."
+        )
     _REGISTRY[spec.name] = spec
     for key in (spec.name, *spec.aliases):
         _LOOKUP[key] = spec.name

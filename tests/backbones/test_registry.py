@@ -159,3 +159,17 @@ def test_registering_a_backbone_first_keeps_the_builtins(monkeypatch):
     assert "efficientnet_lite0" in kt.list_backbones()
     with pytest.raises(ValueError, match="already registered"):
         kt.backbones.register(dataclasses.replace(mine, name="efficientnet_lite0"))
+
+
+def test_an_alias_cannot_take_over_another_backbone():
+    spec = kt.BackboneSpec(
+        name="alias_thief",
+        build=lambda shape, weights: None,
+        native_size=32,
+        preprocessing="none",
+        aliases=("ResNet50",),
+    )
+    with pytest.raises(ValueError, match="already stand for other backbones"):
+        kt.backbones.register(spec)
+    assert kt.backbones.get_spec("resnet50").name == "resnet50"
+    assert "alias_thief" not in kt.list_backbones()
