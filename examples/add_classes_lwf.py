@@ -28,6 +28,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_transfer as kt  # noqa: E402
+from keras_transfer.data import resize_images  # noqa: E402
 
 OLD = 7  # classes 0-6 first, then 7-9
 
@@ -54,18 +55,9 @@ def load(dataset: str, size: int, per_class: int, test_per_class: int, seed: int
         )
 
     train, test = pick(y, per_class), pick(y_test, test_per_class)
-    resize = keras.layers.Resizing(size, size)
-
-    def resized(images):
-        batches = [
-            keras.ops.convert_to_numpy(resize(images[i : i + 500].astype("float32")))
-            for i in range(0, len(images), 500)
-        ]
-        return np.concatenate(batches)
-
     return (
-        (resized(x[train]), y[train]),
-        (resized(x_test[test]), y_test[test]),
+        (resize_images(x[train], size), y[train]),
+        (resize_images(x_test[test], size), y_test[test]),
         names,
     )
 

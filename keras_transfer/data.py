@@ -156,6 +156,32 @@ def load_image_folder(
     return ImageFolder(np.stack(images), np.array(labels), names, files, skipped)
 
 
+def resize_images(images, size) -> np.ndarray:
+    """Resizes a batch of images (bilinear, Keras' `Resizing`) to float32.
+
+    Args:
+        images: array `(n, height, width, channels)`.
+        size: int or (height, width).
+
+    Returns:
+        float32 array `(n, *size, channels)`, resized in chunks of 256 images
+        to bound memory; the images as float32 if they already have that size.
+    """
+    import keras
+
+    height, width = (size, size) if isinstance(size, (int, np.integer)) else size
+    images = np.asarray(images, dtype="float32")
+    if images.shape[1:3] == (height, width):
+        return images
+    layer = keras.layers.Resizing(height, width)
+    return np.concatenate(
+        [
+            keras.ops.convert_to_numpy(layer(images[i : i + 256]))
+            for i in range(0, len(images), 256)
+        ]
+    )
+
+
 def make_dataset(
     images,
     labels=None,

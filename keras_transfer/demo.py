@@ -79,7 +79,7 @@ def run_demo(args) -> int:
 
     import keras_transfer as kt
     from keras_transfer import report
-    from keras_transfer.data import make_dataset
+    from keras_transfer.data import make_dataset, resize_images
 
     start = time.time()
     keras.utils.set_random_seed(args.seed)
@@ -87,19 +87,7 @@ def run_demo(args) -> int:
         args.dataset, args.per_class, args.test_size, args.seed
     )
     size = args.image_size
-    resize = keras.layers.Resizing(size, size)
-
-    def resized(images):
-        return np.concatenate(
-            [
-                keras.ops.convert_to_numpy(
-                    resize(images[i : i + 500].astype("float32"))
-                )
-                for i in range(0, len(images), 500)
-            ]
-        )
-
-    x, x_test = resized(x), resized(x_test)
+    x, x_test = resize_images(x, size), resize_images(x_test, size)
     print(
         f"{dataset}: {len(y)} training images ({args.per_class} per class), "
         f"{len(y_test)} held-out test images, {size}x{size} grey",

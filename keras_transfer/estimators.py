@@ -32,6 +32,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_consistent_length, check_is_fitted
 
+from keras_transfer.data import resize_images
 from keras_transfer.freezing import choose_strategy
 from keras_transfer.model import TransferModel
 
@@ -82,18 +83,7 @@ def check_images(X, *, name: str = "X") -> np.ndarray:
 
 
 def _resize(X: np.ndarray, size) -> np.ndarray:
-    if size is None:
-        return X
-    height, width = (size, size) if isinstance(size, numbers.Integral) else size
-    if X.shape[1:3] == (height, width):
-        return X
-    layer = keras.layers.Resizing(height, width)
-    return np.concatenate(
-        [
-            keras.ops.convert_to_numpy(layer(X[i : i + 256]))
-            for i in range(0, len(X), 256)
-        ]
-    )
+    return X if size is None else resize_images(X, size)
 
 
 def _model_to_bytes(model: keras.Model) -> bytes:
@@ -173,7 +163,22 @@ class _RoutedParams:
         )
 
 
-class _TransferEstimator(_KerasState, _RoutedParams, BaseEstimator):
+class _ImageInput:
+    """Checked, resized images; after fitting, of the fitted shape."""
+
+    def _images(self, X, *, fitted: bool) -> np.ndarray:
+        X = _resize(check_images(X), self.image_size)
+        expected = getattr(self, "image_shape_", None) if fitted else None
+        if expected is not None and X.shape[1:] != expected:
+            raise ValueError(
+                f"{type(self).__name__} was fitted on images of shape {expected}, "
+                f"but X has images of shape {X.shape[1:]}. Pass images of that "
+                "shape, or set image_size to resize them."
+            )
+        return X
+
+
+class _TransferEstimator(_ImageInput, _KerasState, _RoutedParams, BaseEstimator):
     """Shared fit/predict of `TransferClassifier` and `TransferRegressor`."""
 
     _task = "multiclass"
@@ -249,17 +254,6 @@ class _TransferEstimator(_KerasState, _RoutedParams, BaseEstimator):
                 f"Expected `validation_split` in [0, 1). Received: "
                 f"validation_split={split!r}"
             )
-
-    def _images(self, X, *, fitted: bool) -> np.ndarray:
-        X = _resize(check_images(X), self.image_size)
-        expected = getattr(self, "image_shape_", None) if fitted else None
-        if expected is not None and X.shape[1:] != expected:
-            raise ValueError(
-                f"The estimator was fitted on images of shape {expected}, but X "
-                f"has images of shape {X.shape[1:]}. Pass images of that shape, "
-                "or set image_size to resize them."
-            )
-        return X
 
     def _continues(self) -> bool:
         return bool(self.warm_start) and hasattr(self, "model_")
@@ -675,6 +669,7 @@ class TransferRegressor(RegressorMixin, _TransferEstimator):
 
 
 class TransferFeatures(
+    _ImageInput,
     _KerasState,
     _RoutedParams,
     ClassNamePrefixFeaturesOutMixin,
@@ -727,7 +722,7 @@ class TransferFeatures(
 
     def fit(self, X, y=None):
         self._check_routed()
-        X = _resize(check_images(X), self.image_size)
+        X = self._images(X, fitted=False)
         model = TransferModel(
             self.backbone,
             num_classes=2,
@@ -749,11 +744,5 @@ class TransferFeatures(
 
     def transform(self, X):
         check_is_fitted(self, "model_")
-        X = _resize(check_images(X), self.image_size)
-        if X.shape[1:] != self.image_shape_:
-            raise ValueError(
-                f"TransferFeatures was fitted on images of shape "
-                f"{self.image_shape_}; X has {X.shape[1:]}. Set image_size to "
-                "resize them."
-            )
+        X = self._images(X, fitted=True)
         return self.model_.predict(X, batch_size=self.batch_size, verbose=0)

@@ -164,6 +164,8 @@ def test_features_in_a_pipeline():
     assert pipeline.score(X, y) > 0.6
     with pytest.raises(NotFittedError):
         kt.TransferFeatures(TINY, weights=None).transform(X)
+    with pytest.raises(ValueError, match="fitted on images of shape"):
+        features.transform(np.zeros((2, 8, 8, 3)))
     restored = pickle.loads(pickle.dumps(features))
     np.testing.assert_allclose(restored.transform(X), embedded, atol=1e-6)
 
