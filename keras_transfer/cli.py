@@ -220,23 +220,6 @@ def _default_size(backbone: str) -> int:
         raise UsageError(str(error)) from error
 
 
-class _Recorder:
-    """Collects the logs of each epoch, so an interrupted run keeps them."""
-
-    def __init__(self):
-        import keras
-
-        recorder = self
-
-        class Callback(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                for key, value in (logs or {}).items():
-                    recorder.history.setdefault(key, []).append(float(value))
-
-        self.history: dict[str, list[float]] = {}
-        self.callback = Callback()
-
-
 def _fit(args) -> int:
     if args.freeze_epochs < 0:
         raise UsageError(f"--freeze-epochs must be >= 0, got {args.freeze_epochs}")
@@ -305,12 +288,10 @@ def _fit(args) -> int:
     model_path = os.path.join(args.out, MODEL_FILE)
     if os.path.exists(model_path):  # --overwrite: never report the old model
         os.remove(model_path)
-    recorder = _Recorder()
     # The lowest loss picks the best epoch (accuracy on a small validation set
     # ties early, at a model that has barely trained).
     monitor = "val_accuracy" if validation else "accuracy"
     callbacks = [
-        recorder.callback,
         keras.callbacks.ModelCheckpoint(
             model_path,
             monitor="val_loss" if validation else "loss",
@@ -355,7 +336,10 @@ def _fit(args) -> int:
         print("\ninterrupted: keeping the best model so far", file=sys.stderr)
     elapsed = time.time() - start
 
-    history = recorder.history
+    # Keras' History callback sets `model.history` after every epoch, so an
+    # interrupted run keeps the epochs it finished.
+    logs = getattr(getattr(model, "history", None), "history", {})
+    history = {key: [float(v) for v in values] for key, values in logs.items()}
     report.write_history(history, args.out)
     with open(os.path.join(args.out, "class_names.json"), "w") as handle:
         json.dump(data.class_names, handle)
